@@ -1,0 +1,1 @@
+"""SogCLR self-supervised contrastive learning in TensorFlow 2 / Keras 3."""
