@@ -1,0 +1,394 @@
+"""Tests of tf_sogclr.losses against the NumPy reference in loss_reference.py."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import loss_reference as ref
+from tf_sogclr import losses
+from tf_sogclr.u_table import UNVISITED
+
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _views(rng, batch, dim=5):
+    return rng.normal(size=(batch, dim)), rng.normal(size=(batch, dim))
+
+
+def _loss_and_grads(loss_fn, z1, z2, index, wrap=None):
+    """Runs one step (eagerly, or through `wrap`, e.g. tf.function): loss, metrics, grads."""
+
+    def step(z1, z2, index):
+        with tf.GradientTape() as tape:
+            tape.watch([z1, z2])
+            loss, metrics = loss_fn(z1, z2, index, return_metrics=True)
+        return (loss, metrics) + tuple(tape.gradient(loss, [z1, z2]))
+
+    step = wrap(step) if wrap else step
+    return step(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32),
+                tf.constant(index, tf.int32))
+
+
+# Index sequences: new rows, repeated rows, a mix, and a batch with a duplicate.
+STEPS = [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8], [9, 10, 9, 1, 11, 12]]
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+def test_sogclr_matches_reference_over_steps(mode):
+    rng = np.random.default_rng(0)
+    num_examples, gamma, tau = 16, 0.9, 0.1
+    loss_fn = losses.GlobalContrastiveLoss(num_examples, temperature=tau, gamma=gamma)
+    table = np.full(num_examples, np.nan)
+    wrap = {"eager": None, "function": tf.function,
+            "jit": lambda f: tf.function(f, jit_compile=True)}[mode]
+    for index in STEPS:
+        z1, z2 = _views(rng, len(index))
+        loss, metrics, g1, g2 = _loss_and_grads(loss_fn, z1, z2, index, wrap)
+        want_loss, want_objective, want_g1, want_g2 = ref.sogclr_step(
+            z1, z2, index, table, gamma, tau)
+        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(metrics["objective"], want_objective, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g1, want_g1, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g2, want_g2, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(loss_fn.estimates(), np.nan_to_num(table), rtol=RTOL)
+        assert metrics["input_ok"] == 1.0
+    assert loss_fn.visited_fraction().numpy() == pytest.approx(13 / 16)
+
+
+def test_bimodal_matches_reference_over_steps():
+    rng = np.random.default_rng(1)
+    num_examples, gamma, tau = 16, 0.8, 0.05
+    loss_fn = losses.BimodalGlobalContrastiveLoss(num_examples, temperature=tau, gamma=gamma)
+    image_table = np.full(num_examples, np.nan)
+    text_table = np.full(num_examples, np.nan)
+    for index in STEPS:
+        image, text = _views(rng, len(index))
+        loss, _, g_image, g_text = _loss_and_grads(loss_fn, image, text, index)
+        want_loss, want_image, want_text = ref.bimodal_step(
+            image, text, index, image_table, text_table, gamma, tau)
+        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g_image, want_image, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g_text, want_text, rtol=RTOL, atol=ATOL)
+        estimates = loss_fn.estimates()
+        np.testing.assert_allclose(estimates["image"], np.nan_to_num(image_table), rtol=RTOL)
+        np.testing.assert_allclose(estimates["text"], np.nan_to_num(text_table), rtol=RTOL)
+
+
+def test_nt_xent_matches_reference():
+    rng = np.random.default_rng(2)
+    z1, z2 = _views(rng, 7)
+    a, b = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        loss = losses.nt_xent_loss(a, b, temperature=0.2)
+    g1, g2 = tape.gradient(loss, [a, b])
+    want_loss, want_g1, want_g2 = ref.nt_xent(z1, z2, 0.2)
+    np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
+    np.testing.assert_allclose(g1, want_g1, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(g2, want_g2, rtol=RTOL, atol=ATOL)
+    layer_loss, metrics = losses.NTXentLoss(temperature=0.2)(a, b, return_metrics=True)
+    np.testing.assert_allclose(layer_loss, want_loss, rtol=RTOL)
+    assert 0.0 <= metrics["contrastive_accuracy"] <= 1.0
+
+
+def test_contrastive_accuracy_counts_positives_ranked_first():
+    # Two well-separated pairs: every anchor's positive beats its negatives.
+    z1 = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    z2 = tf.constant([[0.9, 0.1], [0.1, 0.9]])
+    _, metrics = losses.GlobalContrastiveLoss(2)(z1, z2, tf.constant([0, 1]), return_metrics=True)
+    assert metrics["contrastive_accuracy"] == 1.0
+    _, metrics = losses.GlobalContrastiveLoss(2)(z1, z2[::-1], tf.constant([0, 1]), return_metrics=True)
+    assert metrics["contrastive_accuracy"] == 0.0
+    _, metrics = losses.NTXentLoss()(z1, z2, return_metrics=True)
+    assert metrics["contrastive_accuracy"] == 1.0
+
+
+def test_gamma_one_gives_decoupled_contrastive_gradient():
+    rng = np.random.default_rng(3)
+    loss_fn = losses.GlobalContrastiveLoss(8, temperature=0.1, gamma=1.0)
+    for index in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 1, 2, 3]):
+        z1, z2 = _views(rng, 4)
+        _, _, g1, g2 = _loss_and_grads(loss_fn, z1, z2, index)
+        a, b = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            dcl = _decoupled_contrastive_loss_tf(a, b, 0.1)
+        want_g1, want_g2 = tape.gradient(dcl, [a, b])
+        np.testing.assert_allclose(dcl, ref.decoupled_contrastive_loss(z1, z2, 0.1), rtol=RTOL)
+        np.testing.assert_allclose(g1, want_g1, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g2, want_g2, rtol=RTOL, atol=ATOL)
+
+
+def _decoupled_contrastive_loss_tf(z1, z2, tau):
+    a, b = tf.math.l2_normalize(z1, 1), tf.math.l2_normalize(z2, 1)
+    batch = a.shape[0]
+    V = tf.concat([a, b], 0)
+    S = tf.matmul(V, V, transpose_b=True)
+    rows = np.arange(2 * batch)
+    mask = np.ones((2 * batch, 2 * batch), bool)
+    mask[rows, rows] = False
+    mask[rows, (rows + batch) % (2 * batch)] = False
+    negatives = tf.reshape(tf.boolean_mask(S, mask), (2 * batch, 2 * batch - 2))
+    positives = tf.gather_nd(S, np.stack([rows, (rows + batch) % (2 * batch)], 1))
+    per_anchor = tau * (tf.reduce_logsumexp(negatives / tau, 1) - np.log(2 * batch - 2))
+    return tf.reduce_sum(per_anchor - positives) / batch
+
+
+@pytest.mark.parametrize("layout", ["near_identical", "opposite"])
+def test_clip_temperature_stays_finite(layout):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(1, 8))
+    if layout == "near_identical":
+        z1 = base + 1e-4 * rng.normal(size=(6, 8))
+        z2 = base + 1e-4 * rng.normal(size=(6, 8))
+    else:
+        z1 = np.concatenate([base, -base] * 3)
+        z2 = -z1
+    for loss_fn in (losses.GlobalContrastiveLoss(6, temperature=0.01),
+                    losses.BimodalGlobalContrastiveLoss(6, temperature=0.01)):
+        for _ in range(3):
+            loss, metrics, g1, g2 = _loss_and_grads(loss_fn, z1, z2, list(range(6)))
+            assert np.isfinite(loss) and np.isfinite(metrics["objective"])
+            assert np.all(np.isfinite(g1)) and np.all(np.isfinite(g2))
+            assert metrics["input_ok"] == 1.0
+        for weight in loss_fn.non_trainable_weights:
+            assert np.all(np.isfinite(weight.numpy())), weight.path
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
+def test_low_precision_inputs_compute_in_float32(dtype):
+    rng = np.random.default_rng(5)
+    z1, z2 = _views(rng, 6)
+    low1, low2 = tf.cast(z1, dtype), tf.cast(z2, dtype)
+    as_f32 = losses.GlobalContrastiveLoss(8)(tf.cast(low1, tf.float32), tf.cast(low2, tf.float32),
+                                            tf.range(6))
+    low_loss_fn = losses.GlobalContrastiveLoss(8)
+    loss = low_loss_fn(low1, low2, tf.range(6))
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(loss, as_f32, rtol=RTOL)
+    assert low_loss_fn.u_table.log_u.dtype == "float32"
+    np.testing.assert_allclose(loss, losses.GlobalContrastiveLoss(8)(z1, z2, tf.range(6)),
+                               rtol=2e-2)
+
+
+def test_mirrored_two_replicas_equal_one_device(mirrored_strategy):
+    rng = np.random.default_rng(6)
+    local, dim, num_examples = 4, 6, 20
+    strategy = mirrored_strategy
+    assert strategy.num_replicas_in_sync == 2
+    kernel = rng.normal(size=(dim, 5)).astype(np.float32)
+
+    def build():
+        dense = keras.layers.Dense(5, use_bias=False)
+        dense.build((None, dim))
+        dense.kernel.assign(kernel)
+        return dense, losses.GlobalContrastiveLoss(num_examples, temperature=0.2, gamma=0.7)
+
+    with strategy.scope():
+        mirrored_dense, mirrored_loss = build()
+    single_dense, single_loss = build()
+
+    def replica_step(dense, loss_fn, x1, x2, index):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(dense(x1), dense(x2), index)
+            scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
+        return scaled, tape.gradient(scaled, dense.kernel)
+
+    @tf.function
+    def mirrored_step(x1, x2, index):
+        def split(ctx):
+            rows = slice(ctx.replica_id_in_sync_group * local,
+                         (ctx.replica_id_in_sync_group + 1) * local)
+            return x1[rows], x2[rows], index[rows]
+        shards = strategy.experimental_distribute_values_from_function(split)
+        loss, grad = strategy.run(
+            lambda s: replica_step(mirrored_dense, mirrored_loss, *s), args=(shards,))
+        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", grad, axis=None))
+
+    single_step = tf.function(lambda x1, x2, i: replica_step(single_dense, single_loss, x1, x2, i))
+    for index in ([0, 1, 2, 3, 4, 5, 6, 7], [4, 5, 6, 7, 8, 9, 10, 11], [0, 9, 3, 12, 13, 14, 0, 15]):
+        x1 = tf.constant(rng.normal(size=(2 * local, dim)), tf.float32)
+        x2 = tf.constant(rng.normal(size=(2 * local, dim)), tf.float32)
+        index = tf.constant(index, tf.int32)
+        loss, grad = mirrored_step(x1, x2, index)
+        want_loss, want_grad = single_step(x1, x2, index)
+        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(grad, want_grad, rtol=RTOL, atol=ATOL)
+        want_table = single_loss.estimates().numpy()
+        for replica_table in mirrored_loss.u_table.log_u.value.values:
+            np.testing.assert_allclose(np.exp(replica_table.numpy()), want_table, rtol=RTOL)
+
+
+def test_mirrored_nt_xent_equals_one_device(mirrored_strategy):
+    rng = np.random.default_rng(7)
+    strategy = mirrored_strategy
+    z1 = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    z2 = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+
+    @tf.function
+    def mirrored():
+        def split(ctx):
+            rows = slice(ctx.replica_id_in_sync_group * 3, (ctx.replica_id_in_sync_group + 1) * 3)
+            return z1[rows], z2[rows]
+        shards = strategy.experimental_distribute_values_from_function(split)
+        per_replica = strategy.run(lambda s: losses.nt_xent_loss(*s) / 2.0, args=(shards,))
+        return strategy.reduce("SUM", per_replica, axis=None)
+
+    np.testing.assert_allclose(mirrored(), losses.nt_xent_loss(z1, z2), rtol=RTOL)
+
+
+def test_step_work_is_independent_of_table_size():
+    num_examples = 10_000_000
+    loss_fn = losses.GlobalContrastiveLoss(num_examples)
+    step = tf.function(lambda z1, z2, i: loss_fn(z1, z2, i))
+    graph = step.get_concrete_function(
+        tf.TensorSpec([8, 4]), tf.TensorSpec([8, 4]), tf.TensorSpec([8], tf.int32)).graph
+    for op in graph.get_operations():
+        for output in op.outputs:
+            if output.dtype != tf.resource and output.shape.is_fully_defined():
+                assert output.shape.num_elements() < num_examples, (op.type, output.shape)
+    assert {"ResourceGather", "ResourceScatterUpdate"} <= {op.type for op in graph.get_operations()}
+
+
+def test_untouched_rows_stay_unvisited():
+    loss_fn = losses.GlobalContrastiveLoss(10)
+    loss_fn(tf.random.normal([3, 4]), tf.random.normal([3, 4]), tf.constant([7, 2, 5]))
+    visited = loss_fn.estimates().numpy() > 0
+    np.testing.assert_array_equal(np.flatnonzero(visited), [2, 5, 7])
+    untouched = np.setdiff1d(np.arange(10), [2, 5, 7])
+    assert np.all(loss_fn.u_table.log_u.numpy()[untouched] == UNVISITED)
+
+
+def test_cosine_gamma_schedule_and_set_epoch_reach_traced_step():
+    loss_fn = losses.GlobalContrastiveLoss(
+        8, gamma=0.2, gamma_schedule="cosine", gamma_decay_epochs=4)
+    assert [round(loss_fn.gamma_for_epoch(e), 6) for e in (0, 2, 4, 9)] == [1.0, 0.6, 0.2, 0.2]
+    assert loss_fn.current_gamma.numpy() == pytest.approx(1.0)
+    rng = np.random.default_rng(8)
+    step = tf.function(lambda z1, z2, i: loss_fn(z1, z2, i))
+    table = np.full(8, np.nan)
+    for epoch in range(3):
+        loss_fn.set_epoch(epoch)
+        z1, z2 = _views(rng, 4)
+        step(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32), tf.range(4))
+        ref.sogclr_step(z1, z2, list(range(4)), table, loss_fn.gamma_for_epoch(epoch), 0.1)
+        np.testing.assert_allclose(loss_fn.estimates(), np.nan_to_num(table), rtol=RTOL)
+    assert step.experimental_get_tracing_count() == 1
+    assert losses.gamma_for_epoch(3, 0.9) == 0.9
+
+
+def test_checkpoint_round_trip_restores_table_exactly(tmp_path):
+    loss_fn = losses.BimodalGlobalContrastiveLoss(12, gamma=0.5, gamma_schedule="cosine",
+                                                  gamma_decay_epochs=3)
+    loss_fn.set_epoch(1)
+    loss_fn(tf.random.normal([4, 3]), tf.random.normal([4, 3]), tf.constant([1, 4, 6, 11]))
+    saved = [w.numpy().copy() for w in loss_fn.non_trainable_weights]
+    path = tf.train.Checkpoint(loss=loss_fn).save(str(tmp_path / "ckpt"))
+    fresh = losses.BimodalGlobalContrastiveLoss(12, gamma=0.5, gamma_schedule="cosine",
+                                                gamma_decay_epochs=3)
+    tf.train.Checkpoint(loss=fresh).restore(path).assert_consumed()
+    for want, got in zip(saved, fresh.non_trainable_weights):
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert len(saved) == 3  # gamma and two tables
+
+
+def test_keras_weights_file_carries_table(tmp_path):
+    loss_fn = losses.GlobalContrastiveLoss(9)
+    loss_fn(tf.random.normal([3, 4]), tf.random.normal([3, 4]), tf.constant([0, 4, 8]))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.loss_layer = loss_fn
+    model.save_weights(str(tmp_path / "m.weights.h5"))
+    other = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    other.loss_layer = losses.GlobalContrastiveLoss(9)
+    other.load_weights(str(tmp_path / "m.weights.h5"))
+    np.testing.assert_array_equal(other.loss_layer.estimates(), loss_fn.estimates())
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(num_examples=0), "num_examples"),
+    (dict(num_examples=2.5), "num_examples"),
+    (dict(num_examples=10, temperature=0.0), "temperature"),
+    (dict(num_examples=10, gamma=0.0), "gamma"),
+    (dict(num_examples=10, gamma=1.5), "gamma"),
+    (dict(num_examples=10, gamma_schedule="linear"), "gamma_schedule"),
+    (dict(num_examples=10, gamma_schedule="cosine"), "gamma_decay_epochs"),
+    (dict(num_examples=10, gamma_decay_epochs=5), "gamma_decay_epochs"),
+])
+@pytest.mark.parametrize("cls", [losses.GlobalContrastiveLoss, losses.BimodalGlobalContrastiveLoss])
+def test_bad_hyperparameters_raise(cls, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        cls(**kwargs)
+
+
+def test_bad_shapes_raise_at_trace_time():
+    loss_fn = losses.GlobalContrastiveLoss(10)
+    z = tf.zeros([4, 3])
+    with pytest.raises(ValueError, match=r"z1 must have shape \[batch, dim\]"):
+        loss_fn(tf.zeros([4]), z, tf.range(4))
+    with pytest.raises(ValueError, match="same shape"):
+        loss_fn(z, tf.zeros([3, 3]), tf.range(4))
+    with pytest.raises(ValueError, match="index has 3 rows"):
+        loss_fn(z, z, tf.range(3))
+    with pytest.raises(ValueError, match=r"index must have shape \[batch\]"):
+        loss_fn(z, z, tf.zeros([4, 1], tf.int32))
+    with pytest.raises(ValueError, match="integer"):
+        loss_fn(z, z, tf.zeros([4]))
+    with pytest.raises(ValueError, match=r"temperature"):
+        losses.nt_xent_loss(z, z, temperature=-1.0)
+
+
+def _bad_step_leaves_table_unchanged(loss_fn, z1, z2, index, step):
+    before = loss_fn.u_table.log_u.numpy().copy()
+    result = step(z1, z2, index)
+    np.testing.assert_array_equal(loss_fn.u_table.log_u.numpy(), before)
+    return result
+
+
+def test_out_of_range_index_raises_eagerly_and_in_graphs():
+    loss_fn = losses.GlobalContrastiveLoss(10)
+    z = tf.random.normal([4, 3])
+    loss_fn(z, z + 1.0, tf.constant([0, 1, 2, 3]))
+    for bad in ([0, 1, 2, 10], [-1, 1, 2, 3]):
+        with pytest.raises(ValueError, match=r"index must be in \[0, num_examples=10\)"):
+            _bad_step_leaves_table_unchanged(loss_fn, z, z, tf.constant(bad), loss_fn)
+        graph_step = tf.function(lambda a, b, i: loss_fn(a, b, i))
+        with pytest.raises(tf.errors.InvalidArgumentError, match="num_examples=10"):
+            _bad_step_leaves_table_unchanged(loss_fn, z, z, tf.constant(bad), graph_step)
+
+
+def test_under_xla_bad_steps_report_input_ok_zero_and_keep_table():
+    loss_fn = losses.GlobalContrastiveLoss(10)
+    z = tf.random.normal([4, 3])
+    loss_fn(z, z + 1.0, tf.constant([0, 1, 2, 3]))
+    step = tf.function(lambda a, b, i: loss_fn(a, b, i, return_metrics=True)[1]["input_ok"],
+                       jit_compile=True)
+    assert _bad_step_leaves_table_unchanged(loss_fn, z, z, tf.constant([0, 1, 2, 10]), step) == 0
+    assert _bad_step_leaves_table_unchanged(loss_fn, z, z, tf.constant([-5, 1, 2, 3]), step) == 0
+    nan = tf.tensor_scatter_nd_update(z, [[1, 1]], [np.nan])
+    assert _bad_step_leaves_table_unchanged(loss_fn, nan, z, tf.constant([0, 1, 2, 3]), step) == 0
+    inf = tf.tensor_scatter_nd_update(z, [[2, 0]], [np.inf])
+    assert _bad_step_leaves_table_unchanged(loss_fn, z, inf, tf.constant([0, 1, 2, 3]), step) == 0
+    assert step(z, z + 1.0, tf.constant([0, 1, 2, 3])) == 1
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_non_finite_projections_report_and_keep_table(mode):
+    loss_fn = losses.GlobalContrastiveLoss(10)
+    z = tf.random.normal([4, 3])
+    loss_fn(z, z + 1.0, tf.constant([0, 1, 2, 3]))
+    step = lambda a, b, i: loss_fn(a, b, i, return_metrics=True)[1]["input_ok"]
+    step = tf.function(step) if mode == "function" else step
+    nan = tf.tensor_scatter_nd_update(z, [[0, 2]], [np.nan])
+    assert _bad_step_leaves_table_unchanged(loss_fn, z, nan, tf.constant([0, 1, 2, 3]), step) == 0
+    assert np.all(np.isfinite(loss_fn.u_table.log_u.numpy()))
+
+
+def test_layers_serialize():
+    for layer in (losses.GlobalContrastiveLoss(7, temperature=0.3, gamma=0.5,
+                                               gamma_schedule="cosine", gamma_decay_epochs=2),
+                  losses.BimodalGlobalContrastiveLoss(5, temperature=0.02),
+                  losses.NTXentLoss(temperature=0.4, normalize=False)):
+        clone = keras.layers.deserialize(keras.layers.serialize(layer))
+        assert type(clone) is type(layer)
+        assert clone.get_config() == layer.get_config()

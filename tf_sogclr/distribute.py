@@ -1,0 +1,45 @@
+"""Cross-replica helpers for the losses: global batches built from per-replica shards.
+
+Every function works in three places: eagerly or in a `tf.function` with no strategy (one
+replica), inside `strategy.run` of any `tf.distribute` strategy (Mirrored, TPU,
+MultiWorkerMirrored), and under `jit_compile=True` on one device.
+"""
+
+import tensorflow as tf
+
+
+def num_replicas_in_sync():
+    """Number of replicas whose local batches form the global batch (1 outside a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # Cross-replica context: the strategy's own count.
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return ctx.num_replicas_in_sync
+
+
+def cross_replica_concat(tensor):
+    """Concatenates the replicas' `[b, ...]` tensors along axis 0 into `[R * b, ...]`.
+
+    Differentiable: the gradient that reaches each replica's input is the sum over all
+    replicas of the gradients of their losses with respect to its rows (SimCLR's
+    `tpu_cross_replica_concat`), so summing gradients over replicas gives the gradient of
+    the global-batch loss. Rows are ordered by replica id, which `replica_row_offset`
+    locates. Identity with one replica.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        raise RuntimeError(
+            "cross_replica_concat must be called in a replica context (inside strategy.run "
+            "or outside any strategy), not in a cross-replica context."
+        )
+    if ctx.num_replicas_in_sync == 1:
+        return tensor
+    return ctx.all_gather(tensor, axis=0)
+
+
+def replica_row_offset(local_batch_size):
+    """Row of this replica's first example in the concatenated global batch (int32 scalar)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return tf.constant(0, tf.int32)
+    replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    return replica_id * tf.cast(local_batch_size, tf.int32)
