@@ -1,0 +1,340 @@
+"""Optimisation: LARS, warm-up + cosine schedule, learning-rate scaling, weight decay.
+
+Follows SimCLR TF2 (`lars_optimizer.py` and the optimiser parts of `model.py`), with explicit
+arguments instead of flags.
+"""
+
+import math
+import numbers
+import re
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+OPTIMIZERS = ("lars", "momentum", "adam")
+LEARNING_RATE_SCALINGS = ("linear", "sqrt")
+
+# Regexes searched in variable paths. SimCLR spells the first one "batch_normalization" (the
+# Keras default layer name); "batch_norm" also matches names like "batch_norm_1".
+BATCH_NORM_PATTERN = "batch_norm"
+SUPERVISED_HEAD_PATTERN = "head_supervised"
+# What SimCLR's LARS leaves out of weight decay and of layer adaptation.
+DEFAULT_EXCLUDES = (BATCH_NORM_PATTERN, "bias", SUPERVISED_HEAD_PATTERN)
+
+
+def _variable_path(variable):
+    """A Keras variable's path ("model/dense/kernel"), else a tf.Variable's name."""
+    path = getattr(variable, "path", None)
+    return path if path is not None else variable.name
+
+
+def _matches_any(path, patterns):
+    return any(re.search(p, path) is not None for p in patterns)
+
+
+def _check_patterns(patterns, arg_name):
+    if patterns is None:
+        return []
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(
+            f"`{arg_name}` must be a list of regex strings (e.g. ['batch_norm', 'bias']), "
+            f"not a single string or non-strings; got {patterns!r}."
+        )
+    return list(patterns)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_non_negative(value, arg_name):
+    if not _is_number(value) or not value >= 0:
+        raise ValueError(f"`{arg_name}` must be a float >= 0; got {value!r}.")
+
+
+def _check_hyperparameters(learning_rate, momentum, weight_decay):
+    if _is_number(learning_rate) and learning_rate >= 0:
+        pass
+    elif _is_number(learning_rate) or not callable(learning_rate):
+        raise ValueError(
+            "`learning_rate` must be a float >= 0 or a LearningRateSchedule; "
+            f"got {learning_rate!r}."
+        )
+    if not _is_number(momentum) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"`momentum` must be a float in [0, 1); got {momentum!r}.")
+    _check_non_negative(weight_decay, "weight_decay")
+
+
+def _as_float_if_number(learning_rate):
+    return float(learning_rate) if isinstance(learning_rate, numbers.Real) else learning_rate
+
+
+@keras.saving.register_keras_serializable(package="tf_sogclr")
+class LARS(keras.optimizers.Optimizer):
+    """LARS with classic momentum and coupled weight decay, as SimCLR's LARSOptimizer.
+
+    Exclusions are regexes searched in each variable's `path`; `exclude_from_layer_adaptation`
+    None means the `exclude_from_weight_decay` list. Keras's decoupled decay stays off.
+    """
+
+    def __init__(
+        self,
+        learning_rate,
+        momentum=0.9,
+        weight_decay=0.0,
+        trust_coefficient=0.001,
+        nesterov=False,
+        exclude_from_weight_decay=DEFAULT_EXCLUDES,
+        exclude_from_layer_adaptation=None,
+        name=None,
+        **kwargs,
+    ):
+        _check_hyperparameters(learning_rate, momentum, weight_decay)
+        if not _is_number(trust_coefficient) or not trust_coefficient > 0:
+            raise ValueError(
+                f"`trust_coefficient` must be a float > 0; got {trust_coefficient!r}."
+            )
+        wd_excludes = _check_patterns(exclude_from_weight_decay, "exclude_from_weight_decay")
+        if exclude_from_layer_adaptation is None:
+            adaptation_excludes = list(wd_excludes)
+        else:
+            adaptation_excludes = _check_patterns(
+                exclude_from_layer_adaptation, "exclude_from_layer_adaptation"
+            )
+        # The base class's decoupled decay (`self.weight_decay`, applied in
+        # `_apply_weight_decay`) stays off: LARS's decay lives in `update_step`.
+        super().__init__(
+            learning_rate=_as_float_if_number(learning_rate),
+            weight_decay=None,
+            name=name,
+            **kwargs,
+        )
+        self.momentum = float(momentum)
+        self.lars_weight_decay = float(weight_decay)
+        self.trust_coefficient = float(trust_coefficient)
+        self.nesterov = bool(nesterov)
+        self.weight_decay_excludes = tuple(wd_excludes)
+        self.layer_adaptation_excludes = tuple(adaptation_excludes)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Not supported: pass `exclude_from_weight_decay=[...]` to the constructor."""
+        raise ValueError(
+            "LARS takes its exclusions as constructor arguments "
+            "(`exclude_from_weight_decay`, `exclude_from_layer_adaptation`)."
+        )
+
+    def build(self, variables):
+        """Creates one momentum slot per variable and resolves the exclusion lists."""
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = [
+            self.add_variable_from_reference(v, name="momentum") for v in variables
+        ]
+        # Decided once, from the Keras paths: inside `update_step` (tf backend) the variable
+        # is a bare (possibly per-replica) tf.Variable without a path.
+        self._decay_flags = tuple(
+            self.lars_weight_decay > 0
+            and not _matches_any(_variable_path(v), self.weight_decay_excludes)
+            for v in variables
+        )
+        self._adaptation_flags = tuple(
+            not _matches_any(_variable_path(v), self.layer_adaptation_excludes)
+            for v in variables
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One LARS step for one variable (dense; sparse gradients are densified)."""
+        index = self._get_variable_index(variable)
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        dtype = variable.dtype
+        gradient = ops.cast(gradient, dtype)
+        learning_rate = ops.cast(learning_rate, dtype)
+        velocity = self.momentums[index]
+        momentum = ops.cast(self.momentum, dtype)
+
+        if self._decay_flags[index]:
+            gradient = gradient + ops.cast(self.lars_weight_decay, dtype) * variable
+        if self._adaptation_flags[index]:
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            g_norm = ops.sqrt(ops.sum(ops.square(gradient)))
+            safe_g_norm = ops.where(g_norm > 0, g_norm, ops.ones_like(g_norm))
+            trust_ratio = ops.where(
+                w_norm > 0,
+                ops.where(
+                    g_norm > 0,
+                    ops.cast(self.trust_coefficient, dtype) * w_norm / safe_g_norm,
+                    ops.ones_like(w_norm),
+                ),
+                ops.ones_like(w_norm),
+            )
+            scaled_lr = learning_rate * trust_ratio
+        else:
+            scaled_lr = learning_rate
+
+        next_velocity = momentum * velocity + scaled_lr * gradient
+        if self.nesterov:
+            update = momentum * next_velocity + scaled_lr * gradient
+        else:
+            update = next_velocity
+        self.assign(velocity, next_velocity)
+        self.assign_sub(variable, update)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "weight_decay": self.lars_weight_decay,
+                "trust_coefficient": self.trust_coefficient,
+                "nesterov": self.nesterov,
+                "exclude_from_weight_decay": list(self.weight_decay_excludes),
+                "exclude_from_layer_adaptation": list(self.layer_adaptation_excludes),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_sogclr")
+class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
+    """SimCLR's WarmUpAndCosineDecay, computed by Keras's CosineDecay (from 0, warmup_target):
+
+    lr(s) = base * s / W for s < W, else base * 0.5 * (1 + cos(pi * (min(s, T) - W) / (T - W))).
+    """
+
+    def __init__(self, base_learning_rate, warmup_steps, total_steps, name="WarmupCosineDecay"):
+        _check_non_negative(base_learning_rate, "base_learning_rate")
+        if not _is_int(warmup_steps) or warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be an int >= 0; got {warmup_steps!r}.")
+        if not _is_int(total_steps) or total_steps <= warmup_steps:
+            raise ValueError(
+                f"`total_steps` must be an int > warmup_steps ({warmup_steps}); "
+                f"got {total_steps!r}."
+            )
+        super().__init__(
+            initial_learning_rate=0.0,
+            decay_steps=int(total_steps) - int(warmup_steps),
+            alpha=0.0,
+            name=name,
+            warmup_target=float(base_learning_rate),
+            warmup_steps=int(warmup_steps),
+        )
+        self.base_learning_rate = float(base_learning_rate)
+        self.total_steps = int(total_steps)
+
+    def get_config(self):
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "name": self.name,
+        }
+
+
+def scaled_learning_rate(learning_rate, global_batch_size, scaling):
+    """SimCLR's learning-rate scaling: "linear" lr * B / 256, "sqrt" lr * sqrt(B)."""
+    if scaling not in LEARNING_RATE_SCALINGS:
+        raise ValueError(
+            f"`learning_rate_scaling` (argument `scaling`) must be one of "
+            f"{LEARNING_RATE_SCALINGS}; got {scaling!r}."
+        )
+    if not _is_int(global_batch_size) or global_batch_size <= 0:
+        raise ValueError(
+            f"`global_batch_size` must be an int > 0; got {global_batch_size!r}."
+        )
+    _check_non_negative(learning_rate, "learning_rate")
+    if scaling == "linear":
+        return float(learning_rate) * global_batch_size / 256.0
+    return float(learning_rate) * math.sqrt(global_batch_size)
+
+
+def steps_per_epoch(num_examples, global_batch_size):
+    """Steps in one epoch with `drop_remainder=True`: num_examples // global_batch_size."""
+    if not _is_int(num_examples) or num_examples <= 0:
+        raise ValueError(f"`num_examples` must be an int > 0; got {num_examples!r}.")
+    if not _is_int(global_batch_size) or not 0 < global_batch_size <= num_examples:
+        raise ValueError(
+            f"`global_batch_size` must be an int in [1, num_examples={num_examples}]; "
+            f"got {global_batch_size!r}."
+        )
+    return int(num_examples) // int(global_batch_size)
+
+
+def _check_optimizer_name(name):
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"`optimizer` (argument `name`) must be one of {OPTIMIZERS}; got {name!r}."
+        )
+
+
+def weight_decay_in_optimizer(name):
+    """True if optimizer `name` applies weight decay itself (LARS); else it goes in the loss."""
+    _check_optimizer_name(name)
+    return name == "lars"
+
+
+def build_optimizer(
+    name,
+    learning_rate,
+    momentum=0.9,
+    weight_decay=0.0,
+    exclude_from_weight_decay=DEFAULT_EXCLUDES,
+    nesterov=False,
+    trust_coefficient=0.001,
+):
+    """Builds the optimiser named `name` ("lars", "momentum" or "adam"), as SimCLR does.
+
+    Only "lars" uses `weight_decay`, `exclude_from_weight_decay` and `trust_coefficient`;
+    for the others add `weight_decay_loss(...)` to the loss. "adam" ignores `momentum`.
+    """
+    _check_optimizer_name(name)
+    _check_hyperparameters(learning_rate, momentum, weight_decay)
+    learning_rate = _as_float_if_number(learning_rate)
+    if name == "lars":
+        return LARS(
+            learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            nesterov=nesterov,
+            exclude_from_weight_decay=exclude_from_weight_decay,
+        )
+    if name == "momentum":
+        return keras.optimizers.SGD(learning_rate, momentum=float(momentum), nesterov=nesterov)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,)):
+    """weight_decay * sum(||v||^2 / 2) over `variables` whose path matches no `exclude` regex.
+
+    Returns a float32 scalar (0 when nothing is left), like SimCLR's `tf.nn.l2_loss` sum.
+    """
+    _check_non_negative(weight_decay, "weight_decay")
+    exclude = _check_patterns(exclude, "exclude")
+    terms = [
+        0.5 * ops.sum(ops.square(ops.cast(v, "float32")))
+        for v in variables
+        if not _matches_any(_variable_path(v), exclude)
+    ]
+    if not terms or weight_decay == 0:
+        return ops.convert_to_tensor(0.0, dtype="float32")
+    return float(weight_decay) * ops.sum(ops.stack(terms))
+
+
+def weight_decay_loss(name, variables, weight_decay):
+    """The L2 term to add to the loss for optimizer `name` (SimCLR's `add_weight_decay`).
+
+    "lars": only the supervised head's non-bias weights (LARS's DEFAULT_EXCLUDES leave them
+    out); "momentum"/"adam": every variable except batch-norm ones.
+    """
+    _check_optimizer_name(name)
+    if weight_decay_in_optimizer(name):
+        head = [v for v in variables if re.search(SUPERVISED_HEAD_PATTERN, _variable_path(v))]
+        return l2_weight_decay_loss(head, weight_decay, exclude=("bias",))
+    return l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,))
