@@ -1,0 +1,455 @@
+"""TFDS input pipelines: stable example indices, two-view pretraining batches, eval batches.
+
+Every example gets a stable index in [0, num_examples) from its `tfds_id` (SPEC section 5):
+`<name>-<split>.<format>-<shard>-of-<total>__<offset>` gives (shard, offset), and
+index = (examples in earlier shards of the split) + offset. The index does not depend on epoch,
+host or file order. With a sliced split ("train[:10%]") an example keeps its index in the full
+split, so the u-table needs `describe(...).num_examples` rows (the full split), not the slice.
+
+Pipelines read encoded images and decode them explicitly (`decode_image` with the dataset's
+channel count), batch uint8 images, and augment whole batches (`tf_sogclr.augment`). Datasets
+whose images vary in size (ImageNet) are cropped to image_size per example before batching.
+
+Seeds: `seed` fixes file order, shuffling and augmentation (a batch's augmentation seed derives
+from (seed, host, batch number), never from timing); bit-identical runs also need
+deterministic=True, which keeps element order under parallel reads and maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import random
+import re
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tf_sogclr import augment
+from tf_sogclr import fashion_mnist  # noqa: F401  (registers the `fashion_mnist_debian` builder)
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_KEY, LABEL_KEY = "image", "label"
+_TFDS_ID_PATTERN = r"^.*-(\d+)-of-(\d+)__(\d+)$"
+_SPLIT_PATTERN = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(\[[^\]]*\])?\s*$")
+_INT32_MAX = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the pipelines and the model need to know about a TFDS split, read from its metadata."""
+
+    name: str  # as requested, for tfds.builder ("fashion_mnist_debian")
+    full_name: str  # with version ("fashion_mnist_debian/1.0.0")
+    split: str  # as requested, slice included ("train[:10%]")
+    base_split: str  # the underlying split ("train")
+    num_examples: int  # examples in the full base split: the u-table size; indices lie below it
+    num_split_examples: int  # examples the requested (possibly sliced) split yields per epoch
+    num_classes: int
+    image_shape: tuple  # (height, width, channels); height/width None when sizes vary
+    shard_lengths: tuple  # examples per shard file of the base split, in shard order
+
+    @property
+    def channels(self) -> int:
+        """Image channels: 1 (grayscale) or 3 (RGB)."""
+        return self.image_shape[-1]
+
+    @property
+    def fixed_size(self) -> bool:
+        """True when all images share one (height, width)."""
+        return None not in self.image_shape[:2]
+
+
+def _builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        known = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(dataset.split("/")[0].split(":")[0], known, n=5)
+        raise ValueError(
+            f"dataset={dataset!r} is not a known TFDS dataset"
+            + (f"; close names: {close}" if close else "")
+            + ". tensorflow_datasets.list_builders() lists all names; "
+            f"{fashion_mnist.NAME!r} is Fashion-MNIST built offline by this package."
+        ) from None
+    if not builder.is_prepared():
+        prepared = sorted(n for n in (os.listdir(data_dir) if data_dir and os.path.isdir(data_dir)
+                                      else []) if not n.startswith(("downloads", ".")))
+        hint = (f" Run tf_sogclr.fashion_mnist.prepare_fashion_mnist({data_dir!r}) first."
+                if builder.name == fashion_mnist.NAME else
+                " Prepare it first (tfds.builder(...).download_and_prepare() where a network "
+                "or manual files are available).")
+        raise ValueError(
+            f"dataset={dataset!r} is not prepared under data_dir={data_dir!r} "
+            f"(looked in {builder.data_dir}; prepared there: {prepared}).{hint}")
+    return builder
+
+
+def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetInfo:
+    """Reads a TFDS split's metadata (no examples): sizes, classes, image shape, shards.
+
+    Raises ValueError for an unknown or unprepared dataset, an unknown split (listing those
+    that exist), a split union ("train+test"), or a dataset without 'image'/'label' features.
+    """
+    builder = _builder(dataset, data_dir)
+    splits = sorted(builder.info.splits.keys())
+    match = _SPLIT_PATTERN.match(split)
+    if match is None:
+        raise ValueError(
+            f"split={split!r} must be one split name, optionally sliced (e.g. 'train' or "
+            f"'train[:10%]'); unions like 'train+test' would give two examples the same index. "
+            f"Splits of {dataset}: {splits}")
+    base_split = match.group(1)
+    if base_split not in builder.info.splits:
+        raise ValueError(f"split={split!r}: {dataset} has no split {base_split!r}; "
+                         f"its splits are {splits}")
+    try:
+        num_split_examples = builder.info.splits[split].num_examples
+    except (ValueError, AssertionError, KeyError) as error:
+        raise ValueError(
+            f"split={split!r} is not a valid slice of {base_split!r}: {error}") from None
+
+    features = builder.info.features
+    names = list(features.keys()) if isinstance(features, tfds.features.FeaturesDict) else []
+    image = features[IMAGE_KEY] if IMAGE_KEY in names else None
+    label = features[LABEL_KEY] if LABEL_KEY in names else None
+    if not (isinstance(image, tfds.features.Image)
+            and isinstance(label, tfds.features.ClassLabel)):
+        raise ValueError(
+            f"dataset={dataset!r} needs an Image feature {IMAGE_KEY!r} and a ClassLabel feature "
+            f"{LABEL_KEY!r}; its features are {names}")
+    if image.shape[-1] not in (1, 3):
+        raise ValueError(f"dataset={dataset!r} has {image.shape[-1]}-channel images; "
+                         "supported: 1 (grayscale) or 3 (RGB)")
+
+    base = builder.info.splits[base_split]
+    shard_lengths = tuple(int(n) for n in base.shard_lengths)
+    if len(shard_lengths) != base.num_shards or sum(shard_lengths) != base.num_examples:
+        raise ValueError(
+            f"{dataset}/{base_split}: metadata is inconsistent ({base.num_shards} shards, "
+            f"shard_lengths {shard_lengths} summing to {sum(shard_lengths)}, "
+            f"num_examples {base.num_examples}); stable indices need both to agree")
+    if base.num_examples > _INT32_MAX:
+        raise ValueError(f"{dataset}/{base_split} has {base.num_examples} examples; "
+                         "int32 indices hold at most 2**31 - 1")
+    return DatasetInfo(
+        name=dataset,
+        full_name=builder.info.full_name,
+        split=split,
+        base_split=base_split,
+        num_examples=int(base.num_examples),
+        num_split_examples=int(num_split_examples),
+        num_classes=int(label.num_classes),
+        image_shape=tuple(image.shape),
+        shard_lengths=shard_lengths,
+    )
+
+
+def tfds_id_to_index(tfds_ids: tf.Tensor, shard_lengths) -> tf.Tensor:
+    """Stable indices (int32, same shape) of `tfds_id` strings, given the split's shard_lengths.
+
+    Raises (tf.errors.InvalidArgumentError, at run time) for a malformed id, a shard count that
+    differs from len(shard_lengths), or an offset past its shard: no index outside [0, N).
+    """
+    lengths = [int(n) for n in shard_lengths]
+    starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]), tf.int64)
+    lengths_t = tf.constant(lengths, tf.int64)
+
+    def field(group):
+        text = tf.strings.regex_replace(tfds_ids, _TFDS_ID_PATTERN, group)
+        return tf.strings.to_number(text, tf.int64)
+
+    well_formed = tf.debugging.Assert(
+        tf.reduce_all(tf.strings.regex_full_match(tfds_ids, _TFDS_ID_PATTERN)),
+        ["tfds_id not of the form <name>-<split>.<format>-<shard>-of-<total>__<offset>:",
+         tfds_ids], summarize=4)
+    with tf.control_dependencies([well_formed]):
+        shard, total, offset = field(r"\1"), field(r"\2"), field(r"\3")
+    in_range = tf.debugging.Assert(
+        tf.reduce_all((total == len(lengths)) & (shard >= 0) & (shard < len(lengths))),
+        [f"tfds_id shard fields disagree with the split's {len(lengths)} shards:", tfds_ids],
+        summarize=4)
+    with tf.control_dependencies([in_range]):
+        shard = tf.identity(shard)
+    past_end = tf.debugging.Assert(
+        tf.reduce_all((offset >= 0) & (offset < tf.gather(lengths_t, shard))),
+        ["tfds_id offset past the end of its shard:", tfds_ids], summarize=4)
+    with tf.control_dependencies([past_end]):
+        return tf.cast(tf.gather(starts, shard) + offset, tf.int32)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_channels(info: DatasetInfo, channels: int | None) -> int:
+    if channels is not None and channels != info.channels:
+        raise ValueError(
+            f"channels={channels} requested but {info.name} has {info.channels}-channel images "
+            "(1: grayscale, 3: RGB); pass channels=None or the matching value")
+    return info.channels
+
+
+def _check_positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+
+
+def _host_split(split: str, input_context: tf.distribute.InputContext | None):
+    """This host's share of `split`: contiguous, disjoint, covering the split over all hosts."""
+    if input_context is None or input_context.num_input_pipelines == 1:
+        return split
+    return tfds.even_splits(split, n=input_context.num_input_pipelines)[
+        input_context.input_pipeline_id]
+
+
+def _read(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | None,
+          input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+    """Per-example {"image": uint8 [H, W, C], "label": int64 [], "tfds_id": string []}."""
+    builder = tfds.builder(info.name, data_dir=data_dir)
+    # Unshuffled reads go file after file (no interleave), so they follow the index order.
+    read_config = tfds.ReadConfig(
+        add_tfds_id=True, shuffle_seed=seed, try_autocache=False,
+        **({} if shuffle_files else {"interleave_cycle_length": 1}))
+    ds = builder.as_dataset(
+        split=_host_split(info.split, input_context),
+        shuffle_files=shuffle_files,
+        read_config=read_config,
+        decoders={IMAGE_KEY: tfds.decode.SkipDecoding()},
+    )
+
+    def decode(example):
+        image = tf.io.decode_image(
+            example[IMAGE_KEY], channels=info.channels, dtype=tf.uint8, expand_animations=False)
+        image = tf.ensure_shape(image, info.image_shape)
+        return {IMAGE_KEY: image, LABEL_KEY: tf.cast(example[LABEL_KEY], tf.int64),
+                "tfds_id": example["tfds_id"]}
+
+    return ds.map(decode, num_parallel_calls=AUTOTUNE)
+
+
+def read_examples(
+    dataset: str,
+    split: str,
+    data_dir: str | None = None,
+    *,
+    shuffle_files: bool = False,
+    seed: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """One pass over a split: {"image": uint8 [H, W, C], "label": int64 [], "index": int32 []}.
+
+    Without shuffle_files, examples come in index order. With an input_context, host
+    `input_pipeline_id` reads its contiguous 1/num_input_pipelines share.
+    """
+    info = describe(dataset, split, data_dir)
+    ds = _read(info, data_dir, shuffle_files, seed, input_context)
+    return ds.map(
+        lambda ex: {IMAGE_KEY: ex[IMAGE_KEY], LABEL_KEY: ex[LABEL_KEY],
+                    "index": tfds_id_to_index(ex["tfds_id"], info.shard_lengths)},
+        num_parallel_calls=AUTOTUNE)
+
+
+def _batch_size(global_batch_size: int, input_context) -> int:
+    _check_positive("global_batch_size", global_batch_size)
+    if input_context is None:
+        return global_batch_size
+    replicas = input_context.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the "
+                         f"{replicas} replicas in sync")
+    return input_context.get_per_replica_batch_size(global_batch_size)
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.autotune.enabled = True
+    return options
+
+
+def _seeds(seed: int | None, deterministic: bool, input_context) -> tuple[int, int]:
+    """(augmentation seed, pipeline id); a random augmentation seed when none is given."""
+    if deterministic and seed is None:
+        raise ValueError("deterministic=True needs an integer seed (got seed=None)")
+    if seed is not None and not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    pipeline = 0 if input_context is None else input_context.input_pipeline_id
+    return (random.SystemRandom().randrange(2**31) if seed is None else int(seed)), pipeline
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _augmented_batches(info, data_dir, batch_size, augmenter, num_views, shuffle_buffer,
+                       num_epochs, cache, seed, deterministic, input_context):
+    """Shuffled, repeated batches {"views": num_views x [b, S, S, C], "index", "label"}."""
+    _check_positive("shuffle_buffer", shuffle_buffer)
+    _check_positive("num_epochs", num_epochs, allow_none=True)
+    aug_seed, pipeline = _seeds(seed, deterministic, input_context)
+    base_seed = tf.constant([aug_seed, pipeline], tf.int64)
+
+    def view_seeds(counter, salt):
+        seed = tf.random.experimental.stateless_fold_in(base_seed, counter)
+        seed = tf.random.experimental.stateless_fold_in(seed, salt)
+        return tf.unstack(tf.random.experimental.stateless_split(seed, num_views))
+
+    ds = _read(info, data_dir, shuffle_files=True, seed=seed, input_context=input_context)
+    if cache:
+        ds = ds.cache()
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat(num_epochs)
+    if not info.fixed_size:  # Images vary in size: crop each to S x S before batching.
+        def crop(counter, ex):
+            image = ex.pop(IMAGE_KEY)[None]
+            ex["views"] = tuple(augmenter.crop_and_flip(image, s)[0]
+                                for s in view_seeds(counter, 0))
+            return ex
+
+        ds = ds.enumerate().map(crop, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
+
+    def views(counter, batch):
+        if info.fixed_size:
+            out = tuple(augmenter(batch[IMAGE_KEY], s) for s in view_seeds(counter, 1))
+        else:
+            out = tuple(augmenter.distort(v, s)
+                        for v, s in zip(batch["views"], view_seeds(counter, 1)))
+        return {"views": out, LABEL_KEY: batch[LABEL_KEY],
+                "index": tfds_id_to_index(batch["tfds_id"], info.shard_lengths)}
+
+    return ds.enumerate().map(views, num_parallel_calls=AUTOTUNE)
+
+
+def pretrain_dataset(
+    dataset: str,
+    split: str,
+    global_batch_size: int,
+    augmenter: augment.SimCLRAugment,
+    *,
+    data_dir: str | None = None,
+    shuffle_buffer: int = 10_000,
+    num_epochs: int | None = None,
+    cache: bool = False,
+    seed: int | None = None,
+    deterministic: bool = False,
+    channels: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Batches {"view1", "view2": [b, S, S, C] float32, "index": [b] int32, "label": [b] int64}.
+
+    b = global_batch_size, or its per-replica share with an input_context (which also shards
+    hosts); shuffled, repeated `num_epochs` times (None: forever), drop_remainder=True.
+    """
+    info = describe(dataset, split, data_dir)
+    if augmenter.channels != _check_channels(info, channels):
+        raise ValueError(f"augmenter.channels={augmenter.channels} but {info.name} has "
+                         f"{info.channels}-channel images")
+    batch_size = _batch_size(global_batch_size, input_context)
+    ds = _augmented_batches(info, data_dir, batch_size, augmenter, 2, shuffle_buffer,
+                            num_epochs, cache, seed, deterministic, input_context)
+    ds = ds.map(lambda b: {"view1": b["views"][0], "view2": b["views"][1],
+                           "index": b["index"], LABEL_KEY: b[LABEL_KEY]})
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def _eval_batches(info, ds, batch_size, image_size, crop_proportion, drop_remainder):
+    def preprocess(images):
+        return augment.preprocess_for_eval(images, image_size, crop_proportion)
+
+    if not info.fixed_size:
+        ds = ds.map(lambda ex: {**ex, IMAGE_KEY: preprocess(ex[IMAGE_KEY][None])[0]},
+                    num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    if info.fixed_size:
+        ds = ds.map(lambda b: {**b, IMAGE_KEY: preprocess(b[IMAGE_KEY])},
+                    num_parallel_calls=AUTOTUNE)
+    return ds
+
+
+def eval_dataset(
+    dataset: str,
+    split: str,
+    global_batch_size: int,
+    image_size: int,
+    *,
+    data_dir: str | None = None,
+    drop_remainder: bool = False,
+    crop_proportion: float | None = None,
+    cache: bool = False,
+    channels: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """One pass in index order: {"image": [b, S, S, C] float32, "label": [b] int64, "index"}.
+
+    No augmentation (`augment.preprocess_for_eval`). drop_remainder=False keeps every example
+    (last batch smaller: fine on CPU/GPU); True gives static shapes for XLA/TPU but skips the
+    last num_split_examples % b examples, as SimCLR's TPU eval does.
+    """
+    info = describe(dataset, split, data_dir)
+    _check_channels(info, channels)
+    batch_size = _batch_size(global_batch_size, input_context)
+    ds = _read(info, data_dir, shuffle_files=False, seed=None, input_context=input_context)
+    ds = ds.map(lambda ex: {IMAGE_KEY: ex[IMAGE_KEY], LABEL_KEY: ex[LABEL_KEY],
+                            "index": tfds_id_to_index(ex["tfds_id"], info.shard_lengths)},
+                num_parallel_calls=AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    ds = _eval_batches(info, ds, batch_size, image_size, crop_proportion, drop_remainder)
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+
+
+def finetune_dataset(
+    dataset: str,
+    split: str,
+    global_batch_size: int,
+    image_size: int,
+    *,
+    data_dir: str | None = None,
+    crop_area_min: float = 0.08,
+    shuffle_buffer: int = 10_000,
+    num_epochs: int | None = 1,
+    cache: bool = False,
+    seed: int | None = None,
+    deterministic: bool = False,
+    channels: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Shuffled (image [b, S, S, C] float32, label [b] int64) batches for Keras `fit`.
+
+    SimCLR's fine-tuning augmentation (random resized crop and flip, no colour), drop_remainder;
+    one epoch per iteration by default, so `fit(epochs=...)` counts epochs.
+    """
+    info = describe(dataset, split, data_dir)
+    augmenter = augment.SimCLRAugment(
+        image_size=image_size, channels=_check_channels(info, channels),
+        crop_area_min=crop_area_min, color_distort=False)
+    batch_size = _batch_size(global_batch_size, input_context)
+    ds = _augmented_batches(info, data_dir, batch_size, augmenter, 1, shuffle_buffer,
+                            num_epochs, cache, seed, deterministic, input_context)
+    ds = ds.map(lambda b: (b["views"][0], b[LABEL_KEY]))
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def _distribute(strategy: tf.distribute.Strategy,
+                dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def distributed_pretrain_dataset(strategy: tf.distribute.Strategy, *args, **kwargs):
+    """`pretrain_dataset(*args, **kwargs)` distributed: per-replica batches of global / replicas."""
+    if "input_context" in kwargs:
+        raise ValueError("input_context is supplied by the strategy; do not pass it")
+    return _distribute(strategy, lambda ctx: pretrain_dataset(*args, input_context=ctx, **kwargs))
+
+
+def distributed_eval_dataset(strategy: tf.distribute.Strategy, *args, **kwargs):
+    """`eval_dataset(*args, **kwargs)` distributed by `strategy` (per-replica batches)."""
+    if "input_context" in kwargs:
+        raise ValueError("input_context is supplied by the strategy; do not pass it")
+    return _distribute(strategy, lambda ctx: eval_dataset(*args, input_context=ctx, **kwargs))
