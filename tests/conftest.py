@@ -34,3 +34,17 @@ def mirrored_strategy():
     if not _MIRRORED:
         _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     return _MIRRORED[0]
+
+
+SMALL_FASHION_MNIST_EXAMPLES = 128
+
+
+@pytest.fixture(scope="session")
+def small_fashion_mnist(tmp_path_factory):
+    """data_dir holding a 128-example, 3-shard slice of both Fashion-MNIST splits, as TFDS."""
+    from tf_sogclr import fashion_mnist
+
+    data_dir = str(tmp_path_factory.mktemp("tfds_small_fashion_mnist"))
+    fashion_mnist.prepare_fashion_mnist(
+        data_dir, max_examples_per_split=SMALL_FASHION_MNIST_EXAMPLES, num_shards=3)
+    return data_dir

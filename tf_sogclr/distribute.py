@@ -43,3 +43,36 @@ def replica_row_offset(local_batch_size):
         return tf.constant(0, tf.int32)
     replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
     return replica_id * tf.cast(local_batch_size, tf.int32)
+
+
+def resolve_strategy(use_tpu=False, tpu_name=None, tpu_zone=None, gcp_project=None):
+    """The strategy for this process, SimCLR-style, from explicit arguments.
+
+    TPU (`use_tpu`, resolved by name, zone and project) > several workers in TF_CONFIG
+    (MultiWorkerMirroredStrategy) > several visible GPUs (MirroredStrategy) > the default
+    strategy (one device).
+    """
+    if use_tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=tpu_name, zone=tpu_zone, project=gcp_project)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec().as_dict()
+    if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """True on the process that owns the outputs (checkpoints, exports, summaries)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief

@@ -43,7 +43,6 @@ class ProjectionHead(keras.layers.Layer):
         self.num_proj_layers = num_proj_layers if mode == "nonlinear" else int(mode == "linear")
         self.batch_norm_decay = batch_norm_decay
         self.global_bn = global_bn
-        self.dense_layers, self.batch_norms = [], []
 
     def build(self, input_shape):
         width = int(input_shape[-1])
@@ -57,14 +56,15 @@ class ProjectionHead(keras.layers.Layer):
                                            self.global_bn, center=not last)
             dense.build(input_shape if j == 0 else (None, width))
             norm.build((None, self.proj_out_dim if last else width))
-            self.dense_layers.append(dense)
-            self.batch_norms.append(norm)
+            # One attribute per layer: Keras 3 hides layers kept in lists from tf.train.Checkpoint.
+            setattr(self, f"dense_{j}", dense)
+            setattr(self, f"batch_norm_{j}", norm)
 
     def call(self, features, training=False, return_hiddens=False):
         hiddens = [features]
         x = features
-        for j, (dense, norm) in enumerate(zip(self.dense_layers, self.batch_norms)):
-            x = norm(dense(x), training=training)
+        for j in range(self.num_proj_layers):
+            x = getattr(self, f"batch_norm_{j}")(getattr(self, f"dense_{j}")(x), training=training)
             if j != self.num_proj_layers - 1:
                 x = tf.nn.relu(x)
             hiddens.append(x)
@@ -151,7 +151,8 @@ class SogCLRModel(keras.Model):
     def _weight_decay_loss(self):
         if self.weight_decay == 0.0:
             return tf.constant(0.0)
-        name = "lars" if isinstance(self.optimizer, optim.LARS) else "momentum"
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        name = "lars" if isinstance(optimizer, optim.LARS) else "momentum"
         return optim.weight_decay_loss(name, self.trainable_variables, self.weight_decay)
 
     def _linear_loss(self, logits, labels):
@@ -176,6 +177,7 @@ class SogCLRModel(keras.Model):
             total += decay
             # Gradients are summed over replicas: scale so the sum is the global mean's.
             scaled = total / distribute.num_replicas_in_sync()
+            scaled = self.optimizer.scale_loss(scaled)  # Loss scaling under mixed_float16.
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)

@@ -1,0 +1,200 @@
+"""Frozen, validated configuration of a run. Field names are the command-line flag names.
+
+`validate()` of each dataclass checks ranges and choices without touching TensorFlow or
+the data, so a bad value fails in milliseconds with a message naming the flag; checks that
+need the dataset's metadata or the strategy live in `train.check_against_data`.
+"""
+
+import dataclasses
+
+from tf_sogclr import losses, model, optim, resnet
+
+LOSSES = ("sogclr", "simclr")
+TRAIN_MODES = ("pretrain", "finetune")
+MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
+
+
+def _fail(flag, accepted, value):
+    raise ValueError(f"--{flag} must be {accepted}, got {value!r}.")
+
+
+def _positive_int(flag, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        _fail(flag, "an integer >= 0" if allow_zero else "an integer >= 1", value)
+
+
+def _choice(flag, value, choices):
+    if value not in choices:
+        _fail(flag, f"one of {', '.join(map(str, choices))}", value)
+
+
+def _in_range(flag, value, low, high, low_open=False, high_open=False):
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        _fail(flag, f"a number in {interval}", value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which TFDS dataset to read and how to augment it."""
+
+    dataset: str = "fashion_mnist_debian"
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int = 28
+    cache_dataset: bool = True
+    color_jitter_strength: float = 0.5
+    use_blur: bool = False
+    crop_area_min: float = 0.08
+    shuffle_buffer: int = 10_000
+
+    def validate(self):
+        if not self.dataset:
+            _fail("dataset", "a TFDS dataset name", self.dataset)
+        _positive_int("image_size", self.image_size)
+        _in_range("color_jitter_strength", self.color_jitter_strength, 0.0, 1.0)
+        _in_range("crop_area_min", self.crop_area_min, 0.0, 1.0, low_open=True)
+        _positive_int("shuffle_buffer", self.shuffle_buffer)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and projection head."""
+
+    resnet_depth: int = 18
+    width_multiplier: float = 1.0
+    small_image_stem: bool = True
+    global_bn: bool = True
+    batch_norm_decay: float = 0.9
+    proj_head_mode: str = "nonlinear"
+    proj_out_dim: int = 128
+    num_proj_layers: int = 2
+    ft_proj_selector: int = 0
+    fine_tune_after_block: int = -1
+
+    def validate(self):
+        _choice("resnet_depth", self.resnet_depth, resnet.RESNET_DEPTHS)
+        _in_range("width_multiplier", self.width_multiplier, 0.0, 64.0, low_open=True)
+        _in_range("batch_norm_decay", self.batch_norm_decay, 0.0, 1.0, high_open=True)
+        _choice("proj_head_mode", self.proj_head_mode, model.PROJECTION_HEAD_MODES)
+        _positive_int("proj_out_dim", self.proj_out_dim)
+        _positive_int("num_proj_layers", self.num_proj_layers)
+        _in_range("ft_proj_selector", self.ft_proj_selector, 0, self.num_proj_layers)
+        _in_range("fine_tune_after_block", self.fine_tune_after_block, -1, 4)
+        return self
+
+    @property
+    def min_image_size(self):
+        """Smallest input the stem and four stages reduce to at least 1x1 (SimCLR's ResNets)."""
+        return 8 if self.small_image_stem else 32
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Contrastive loss: SogCLR's global loss or SimCLR's NT-Xent."""
+
+    loss: str = "sogclr"
+    temperature: float = 0.1
+    gamma: float = 0.9
+    gamma_schedule: str = "constant"
+    gamma_decay_epochs: int | None = None
+    hidden_norm: bool = True
+
+    def validate(self):
+        _choice("loss", self.loss, LOSSES)
+        _in_range("temperature", self.temperature, 0.0, float("inf"), low_open=True,
+                  high_open=True)
+        _in_range("gamma", self.gamma, 0.0, 1.0, low_open=True)
+        _choice("gamma_schedule", self.gamma_schedule, losses.GAMMA_SCHEDULES)
+        if self.gamma_schedule == "cosine":
+            if self.gamma_decay_epochs is None:
+                _fail("gamma_decay_epochs", "an integer >= 1 with --gamma_schedule=cosine", None)
+            _positive_int("gamma_decay_epochs", self.gamma_decay_epochs)
+        elif self.gamma_decay_epochs is not None:
+            _fail("gamma_decay_epochs", "unset unless --gamma_schedule=cosine",
+                  self.gamma_decay_epochs)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimiser, learning-rate rule and weight decay (SimCLR's defaults)."""
+
+    optimizer: str = "lars"
+    learning_rate: float = 0.3
+    learning_rate_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 10.0
+
+    def validate(self):
+        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
+        _in_range("learning_rate", self.learning_rate, 0.0, float("inf"), low_open=True,
+                  high_open=True)
+        _choice("learning_rate_scaling", self.learning_rate_scaling,
+                optim.LEARNING_RATE_SCALINGS)
+        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _in_range("warmup_epochs", self.warmup_epochs, 0.0, float("inf"), high_open=True)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Length of training, batch size, checkpoints, execution and precision."""
+
+    model_dir: str = "runs/default"
+    train_batch_size: int = 256
+    train_epochs: int = 100
+    train_steps: int = 0
+    eval_batch_size: int = 256
+    lineareval_while_pretraining: bool = True
+    checkpoint_epochs: int = 1
+    checkpoint_steps: int = 0
+    keep_checkpoint_max: int = 5
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+    mixed_precision: str = "none"
+    seed: int | None = None
+
+    def validate(self):
+        if not self.model_dir:
+            _fail("model_dir", "a directory path", self.model_dir)
+        _positive_int("train_batch_size", self.train_batch_size)
+        _positive_int("train_epochs", self.train_epochs, allow_zero=True)
+        _positive_int("train_steps", self.train_steps, allow_zero=True)
+        if self.train_epochs == 0 and self.train_steps == 0:
+            _fail("train_epochs", "an integer >= 1 when --train_steps is 0", 0)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        _positive_int("checkpoint_epochs", self.checkpoint_epochs, allow_zero=True)
+        _positive_int("checkpoint_steps", self.checkpoint_steps, allow_zero=True)
+        _positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
+        _positive_int("steps_per_execution", self.steps_per_execution)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.seed is not None:
+            _positive_int("seed", self.seed, allow_zero=True)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Everything `train.pretrain` needs."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    run: RunConfig = RunConfig()
+
+    def validate(self):
+        for part in (self.data, self.model, self.loss, self.optimizer, self.run):
+            part.validate()
+        if self.data.image_size < self.model.min_image_size:
+            stem = "small" if self.model.small_image_stem else "standard"
+            _fail("image_size", f">= {self.model.min_image_size} with the {stem} stem "
+                  "(--small_image_stem)", self.data.image_size)
+        return self
