@@ -197,8 +197,8 @@ def test_pretrain_repeats_and_is_reproducible_with_a_seed(data_dir):
     assert not np.allclose(first[0]["view1"], other[0]["view1"])
 
 
-def test_distributed_pretrain_gives_per_replica_batches(data_dir):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_distributed_pretrain_gives_per_replica_batches(data_dir, mirrored_strategy):
+    strategy = mirrored_strategy
     ds = data.distributed_pretrain_dataset(
         strategy, NAME, "train", 16, _augmenter(), data_dir=data_dir, seed=0)
     batch = next(iter(ds))

@@ -288,7 +288,7 @@ def test_numpy_integer_arguments_are_accepted():
 
 
 @pytest.mark.parametrize("global_bn", [True, False])
-def test_global_bn_uses_global_batch_statistics_under_mirrored_strategy(global_bn):
+def test_global_bn_uses_global_batch_statistics_under_mirrored_strategy(global_bn, mirrored_strategy):
     # Two replicas with very different halves of the batch; decay 0 makes the moving
     # statistics equal to the last batch statistics.
     x = _images(8, 16)
@@ -297,7 +297,7 @@ def test_global_bn_uses_global_batch_statistics_under_mirrored_strategy(global_b
     initial = reference.get_weights()
     reference(x, training=True)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     with strategy.scope():
         model = _tiny_resnet18(batch_norm_decay=0.0, global_bn=global_bn)
     model.set_weights(initial)
