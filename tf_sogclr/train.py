@@ -17,7 +17,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tf_sogclr import augment, config as config_lib, data, distribute, losses, optim, resnet
+from tf_sogclr import augment, data, distribute, knn, losses, optim, resnet
 from tf_sogclr import model as model_lib
 
 
@@ -242,3 +242,59 @@ def pretrain(cfg, strategy=None, verbose=1):
     return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch, logs=logs,
                           checkpoint=manager.latest_checkpoint, summary_dir=summary_dir,
                           model=model)
+
+
+def latest_checkpoint(path):
+    """The checkpoint prefix `path` names: itself, or the newest one in directory `path`."""
+    if path and tf.io.gfile.exists(path + ".index"):
+        return path
+    return tf.train.latest_checkpoint(path) if path and tf.io.gfile.isdir(path) else None
+
+
+def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1,
+             eval_steps=0, strategy=None):
+    """Scores a pretraining checkpoint on `cfg.data.eval_split`; returns a dict of floats.
+
+    `linear_top1` / `linear_top5` (the linear head, when pretraining trained one) and, with
+    `eval_knn`, `knn_top1` of encoder features against `cfg.data.train_split`. `checkpoint`
+    defaults to the newest in `cfg.run.model_dir`. Writes scalars to `model_dir/eval`.
+    """
+    cfg.validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    path = latest_checkpoint(checkpoint or cfg.run.model_dir)
+    if path is None:
+        raise ValueError(f"--mode=eval needs --checkpoint or a checkpoint in "
+                         f"--model_dir={cfg.run.model_dir}; found none.")
+    train_info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
+    eval_info = data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
+    with strategy.scope():
+        model = build_model(cfg, train_info, strategy.num_replicas_in_sync)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
+
+    def eval_batches(split):
+        dataset = data.eval_dataset(
+            cfg.data.dataset, split, cfg.run.eval_batch_size, cfg.data.image_size,
+            data_dir=cfg.data.data_dir, cache=cfg.data.cache_dataset,
+            channels=train_info.channels)
+        return dataset.take(eval_steps) if eval_steps else dataset
+
+    results = {"step": step}
+    if model.linear_head is not None:
+        scores = model.evaluate(eval_batches(cfg.data.eval_split), return_dict=True, verbose=0)
+        results.update(linear_top1=scores["linear_top1"], linear_top5=scores["linear_top5"],
+                       linear_loss=scores["linear_loss"])
+    if eval_knn:
+        train_features, train_labels = knn.extract_features(
+            model.encoder, eval_batches(cfg.data.train_split))
+        test_features, test_labels = knn.extract_features(
+            model.encoder, eval_batches(cfg.data.eval_split))
+        results["knn_top1"] = knn.knn_top1(
+            train_features, train_labels, test_features, test_labels,
+            num_classes=eval_info.num_classes, k=knn_k, temperature=knn_temperature)
+    if distribute.is_chief(strategy):
+        with tf.summary.create_file_writer(os.path.join(cfg.run.model_dir, "eval")).as_default(step=step):
+            for name, value in results.items():
+                if name != "step":
+                    tf.summary.scalar(name, value)
+    return {k: float(v) if k != "step" else v for k, v in results.items()}

@@ -1,0 +1,21 @@
+"""What run.py does: train, evaluate, or both; pretraining or fine-tuning."""
+
+from absl import flags
+
+MODES = ("train", "eval", "train_then_eval")
+TRAIN_MODES = ("pretrain", "finetune")
+
+flags.DEFINE_enum("mode", "train_then_eval", MODES,
+                  "train: train only; eval: evaluate the newest (or --checkpoint) checkpoint; "
+                  "train_then_eval: both.")
+flags.DEFINE_enum("train_mode", "pretrain", TRAIN_MODES,
+                  "pretrain: contrastive pretraining; finetune: supervised fine-tuning from "
+                  "--checkpoint or a pretraining checkpoint in --model_dir.")
+flags.DEFINE_bool("lineareval_while_pretraining", True,
+                  "Train a linear head on stop_gradient(features) during pretraining.")
+flags.DEFINE_bool("eval_knn", True,
+                  "In evaluation, also report the k-NN top-1 (k=200, cosine, temperature-"
+                  "weighted votes) of encoder features against --train_split.")
+flags.DEFINE_integer("knn_k", 200, "Neighbours of the k-NN evaluation.", lower_bound=1)
+flags.DEFINE_float("knn_temperature", 0.1, "Temperature of the k-NN vote weights exp(sim/T).",
+                   lower_bound=1e-6)

@@ -1,0 +1,169 @@
+"""tf_sogclr command line: SogCLR / SimCLR pretraining, fine-tuning, evaluation and export.
+
+    python run.py                       # the offline default: SogCLR on Fashion-MNIST, CPU
+    python run.py --helpfull            # every flag, grouped by concern (flags/)
+    python run.py --mode=eval --model_dir=runs/fashion_mnist_sogclr
+
+Every flag value is checked before TensorFlow builds anything; a bad one ends the process
+with exit status 2 and one line naming the flag and what it accepts, leaving model_dir as
+it was.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags as absl_flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+import flags as _defined_flags  # noqa: E402,F401  (defines the flags)
+
+FLAGS = absl_flags.FLAGS
+
+
+class UsageError(Exception):
+    """A bad flag value or combination: reported in one line, exit status 2."""
+
+
+def parse_flags(argv):
+    """absl parsing, with every parse error reduced to one line."""
+    try:
+        argv = FLAGS(argv)
+    except absl_flags.Error as error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines are noise here; -v 0 shows them.
+    return argv
+
+
+def pretrain_config():
+    """The PretrainConfig the flags describe (validated)."""
+    from tf_sogclr import config
+
+    cfg = config.PretrainConfig(
+        data=config.DataConfig(
+            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
+            eval_split=FLAGS.eval_split, image_size=FLAGS.image_size,
+            cache_dataset=FLAGS.cache_dataset, color_jitter_strength=FLAGS.color_jitter_strength,
+            use_blur=FLAGS.use_blur, crop_area_min=FLAGS.crop_area_min),
+        model=config.ModelConfig(
+            resnet_depth=FLAGS.resnet_depth, width_multiplier=FLAGS.width_multiplier,
+            small_image_stem=FLAGS.small_image_stem, global_bn=FLAGS.global_bn,
+            batch_norm_decay=FLAGS.batch_norm_decay, proj_head_mode=FLAGS.proj_head_mode,
+            proj_out_dim=FLAGS.proj_out_dim, num_proj_layers=FLAGS.num_proj_layers,
+            ft_proj_selector=FLAGS.ft_proj_selector,
+            fine_tune_after_block=FLAGS.fine_tune_after_block),
+        loss=config.LossConfig(
+            loss=FLAGS.loss, temperature=FLAGS.temperature, gamma=FLAGS.gamma,
+            gamma_schedule=FLAGS.gamma_schedule, gamma_decay_epochs=FLAGS.gamma_decay_epochs,
+            hidden_norm=FLAGS.hidden_norm),
+        optimizer=config.OptimizerConfig(
+            optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+            learning_rate_scaling=FLAGS.learning_rate_scaling, momentum=FLAGS.momentum,
+            weight_decay=FLAGS.weight_decay, warmup_epochs=FLAGS.warmup_epochs),
+        run=config.RunConfig(
+            model_dir=FLAGS.model_dir, train_batch_size=FLAGS.train_batch_size,
+            train_epochs=FLAGS.train_epochs, train_steps=FLAGS.train_steps,
+            eval_batch_size=FLAGS.eval_batch_size,
+            lineareval_while_pretraining=FLAGS.lineareval_while_pretraining,
+            checkpoint_epochs=FLAGS.checkpoint_epochs, checkpoint_steps=FLAGS.checkpoint_steps,
+            keep_checkpoint_max=FLAGS.keep_checkpoint_max,
+            steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
+            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed),
+    )
+    try:
+        return cfg.validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def prepare_data(cfg):
+    """Converts Debian's Fashion-MNIST into TFDS once; checks both splits exist."""
+    from tf_sogclr import data, fashion_mnist
+
+    if cfg.data.dataset == fashion_mnist.NAME:
+        try:
+            fashion_mnist.prepare_fashion_mnist(cfg.data.data_dir)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+    try:
+        train_info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
+        data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return train_info
+
+
+def check_run(cfg, train_info, strategy):
+    """Every check that needs the data or the strategy, before anything is built."""
+    from tf_sogclr import train
+
+    if FLAGS.keep_hub_module_max < 1:
+        raise UsageError(f"--keep_hub_module_max must be an integer >= 1, "
+                         f"got {FLAGS.keep_hub_module_max}.")
+    if FLAGS.eval_steps < 0:
+        raise UsageError(f"--eval_steps must be an integer >= 0, got {FLAGS.eval_steps}.")
+    try:
+        train.check_against_data(cfg, train_info, strategy)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if FLAGS.mode == "eval" and train.latest_checkpoint(FLAGS.checkpoint or cfg.run.model_dir) is None:
+        raise UsageError(f"--mode=eval needs --checkpoint or a checkpoint in "
+                         f"--model_dir={cfg.run.model_dir}; found none.")
+    if FLAGS.train_mode == "finetune":
+        raise UsageError("--train_mode=finetune is not available in this version of run.py; "
+                         "use --train_mode=pretrain.")
+
+
+def export_encoder(model, cfg, step, train_info):
+    """SavedModel of encoder and heads under export_dir or model_dir/saved_model/<step>."""
+    from tf_sogclr import export
+
+    base = FLAGS.export_dir or os.path.join(cfg.run.model_dir, "saved_model")
+    shape = (cfg.data.image_size, cfg.data.image_size, train_info.channels)
+    return export.export_for_step(model, base, step, shape, keep_max=FLAGS.keep_hub_module_max)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
+    cfg = pretrain_config()
+    from tf_sogclr import distribute, train
+
+    train_info = prepare_data(cfg)
+    strategy = distribute.resolve_strategy(FLAGS.use_tpu, FLAGS.tpu_name, FLAGS.tpu_zone,
+                                           FLAGS.gcp_project)
+    check_run(cfg, train_info, strategy)
+
+    summary = {"model_dir": cfg.run.model_dir}
+    if FLAGS.mode in ("train", "train_then_eval"):
+        result = train.pretrain(cfg, strategy=strategy)
+        summary.update(step=result.step, checkpoint=result.checkpoint,
+                       tensorboard=os.path.dirname(result.summary_dir),
+                       train={k: round(v, 4) for k, v in result.logs.items()})
+        if distribute.is_chief(strategy):
+            summary["export"] = export_encoder(result.model, cfg, result.step, train_info)
+    if FLAGS.mode in ("eval", "train_then_eval"):
+        summary["eval"] = train.evaluate(
+            cfg, checkpoint=FLAGS.checkpoint, eval_knn=FLAGS.eval_knn, knn_k=FLAGS.knn_k,
+            knn_temperature=FLAGS.knn_temperature, eval_steps=FLAGS.eval_steps,
+            strategy=strategy)
+    print("Summary:")
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def run_main(argv):
+    """`main` with usage errors reduced to one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UsageError as error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(run_main, flags_parser=parse_flags)

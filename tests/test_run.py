@@ -1,0 +1,74 @@
+"""End-to-end tests of run.py, as a user runs it: real subprocesses on a small data slice."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width_multiplier=0.0625", "--proj_out_dim=8", "--train_batch_size=16",
+        "--eval_batch_size=64", "--knn_k=5"]
+
+
+def run(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(REPO, "run.py"), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def summary_of(stdout):
+    return json.loads(stdout[stdout.index("Summary:") + len("Summary:"):])
+
+
+def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
+    model_dir = str(tmp_path / "run")
+    done = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}",
+               "--train_steps=3", "--checkpoint_steps=2", *TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_of(done.stdout)
+    assert summary["step"] == 3
+    assert summary["checkpoint"].endswith("ckpt-3")
+    assert summary["export"] == os.path.join(model_dir, "saved_model", "3")
+    assert os.path.isfile(os.path.join(summary["export"], "saved_model.pb"))
+    scores = summary["eval"]
+    for name in ("linear_top1", "linear_top5", "knn_top1"):
+        assert 0.0 <= scores[name] <= 1.0, name
+    assert scores["linear_top5"] >= scores["linear_top1"]
+    assert os.listdir(os.path.join(model_dir, "train")) and os.listdir(os.path.join(model_dir, "eval"))
+
+    again = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}", "--mode=eval",
+                "--eval_knn=false", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert summary_of(again.stdout)["eval"]["linear_top1"] == pytest.approx(scores["linear_top1"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loss=infonce"], "--loss=infonce: value should be one of <sogclr|simclr>"),
+    (["--gamma=1.5"], "--gamma must be a number in (0.0, 1.0], got 1.5."),
+    (["--gamma_schedule=cosine"], "--gamma_decay_epochs must be an integer >= 1"),
+    (["--image_size=4"], "--image_size must be >= 8 with the small stem"),
+    (["--train_batch_size=1000"], "--train_batch_size=1000 is larger than split 'train'"),
+    (["--train_split=validation"], "split"),
+    (["--mode=eval"], "--mode=eval needs --checkpoint or a checkpoint in --model_dir"),
+    (["--dataset=imagenet2012_nope"], "imagenet2012_nope"),
+])
+def test_bad_flags_exit_with_one_line_and_write_nothing(small_fashion_mnist, tmp_path, args, message):
+    model_dir = tmp_path / "run"
+    done = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}", *TINY, *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run.py: error:"), done.stderr
+    assert message in lines[0]
+    assert not model_dir.exists()
+
+
+def test_helpfull_documents_the_flags():
+    done = run("--helpfull")  # absl prints the help and exits with status 1.
+    for group in ("flags.modes:", "flags.loss:", "flags.data:", "flags.model:", "flags.optimizer:",
+                  "flags.state:", "flags.hardware:"):
+        assert group in done.stdout, group
+    for flag in ("--train_mode", "--gamma_schedule", "--width_multiplier", "--steps_per_execution",
+                 "--keep_hub_module_max", "--mixed_precision", "--[no]lineareval_while_pretraining"):
+        assert flag in done.stdout, flag
