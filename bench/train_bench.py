@@ -1,0 +1,189 @@
+"""Pretraining speed: prints one JSON object per line (`name`, `value`, ...).
+
+    python bench/train_bench.py [--steps 20 --batch 128 --width 0.25]
+
+* `train_examples_per_s` (loss=sogclr and loss=simclr): small-stem ResNet-18 train steps
+  on 32x32x3 batches already in memory, through `train.train_loop_function`;
+* `train_sogclr_over_simclr_throughput`: their ratio, same run (target >= 0.97);
+* `jit_over_nojit_throughput`: the SogCLR step compiled with XLA over without;
+* `pipeline_examples_per_s_fashion_mnist`, `pipeline_examples_per_s_rgb32`: the two-view
+  input pipeline alone (TFDS read, cache, shuffle, batched augmentation), examples/s;
+* `train_examples_per_s_fashion_mnist_pipeline`: SogCLR steps fed by the real pipeline, so
+  it shows whether input keeps up with the step.
+
+Each measurement runs in a fresh subprocess (graphs and thread pools do not mix).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
+
+
+def _tiny_rgb_dataset(data_dir, num_examples=4096):
+    """A TFDS dataset of random 32x32x3 images written to `data_dir` (name: bench_rgb32)."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    class BenchRgb32(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(32, 32, 3)),
+                "label": tfds.features.ClassLabel(num_classes=10)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            rng = np.random.default_rng(0)
+            for i in range(num_examples):
+                yield i, {"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                          "label": int(i % 10)}
+
+    BenchRgb32.code_path = None
+    builder = BenchRgb32(data_dir=data_dir)
+    builder.download_and_prepare()
+    return "bench_rgb32"
+
+
+def _model(loss, batch, width, image_shape, jit):
+    from tf_sogclr import config, train
+    from tf_sogclr.data import DatasetInfo
+    cfg = config.PretrainConfig(
+        data=config.DataConfig(image_size=image_shape[0]),
+        model=config.ModelConfig(width_multiplier=width),
+        loss=config.LossConfig(loss=loss),
+        run=config.RunConfig(train_batch_size=batch, train_steps=1000, jit_compile=jit))
+    info = DatasetInfo(name="bench", full_name="bench/1.0.0", split="train", base_split="train",
+                       num_examples=50_000, num_split_examples=50_000, num_classes=10,
+                       image_shape=image_shape, shard_lengths=(50_000,))
+    return train.build_model(cfg, info, num_replicas=1), cfg
+
+
+def _time_loop(model, iterator, steps, steps_per_execution, jit):
+    import tensorflow as tf
+    from tf_sogclr import train
+    loop = train.train_loop_function(model, tf.distribute.get_strategy(), jit_compile=jit)
+    n = tf.constant(steps_per_execution, tf.int32)
+    loop(iterator, n)  # trace, compile, warm up
+    loop(iterator, n)
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        logs = loop(iterator, n)
+        done += steps_per_execution
+    float(logs["contrastive_loss"])
+    return time.perf_counter() - start, done
+
+
+def case_train(args):
+    import tensorflow as tf
+    model, _ = _model(args.loss, args.batch, args.width, (32, 32, 3), args.jit)
+    gen = tf.random.Generator.from_seed(0)
+    batch = {"view1": gen.uniform((args.batch, 32, 32, 3)),
+             "view2": gen.uniform((args.batch, 32, 32, 3)),
+             "index": tf.range(args.batch, dtype=tf.int32),
+             "label": tf.zeros((args.batch,), tf.int64)}
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    seconds, steps = _time_loop(model, iterator, args.steps, args.steps_per_execution, args.jit)
+    return {"examples_per_s": steps * args.batch / seconds, "seconds_per_step": seconds / steps}
+
+
+def _pipeline(dataset, data_dir, batch, image_size, channels):
+    from tf_sogclr import augment, data
+    augmenter = augment.SimCLRAugment(image_size, channels=channels)
+    return data.pretrain_dataset(dataset, "train", batch, augmenter, data_dir=data_dir,
+                                 cache=True, shuffle_buffer=10_000)
+
+
+def _pipeline_source(args):
+    if args.dataset == "rgb32":
+        data_dir = tempfile.mkdtemp(prefix="bench_rgb32_")
+        return _tiny_rgb_dataset(data_dir), data_dir, 32, 3
+    from tf_sogclr import fashion_mnist
+    data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_fmnist_")
+    return fashion_mnist.prepare_fashion_mnist(data_dir), data_dir, 28, 1
+
+
+def case_pipeline(args):
+    name, data_dir, size, channels = _pipeline_source(args)
+    iterator = iter(_pipeline(name, data_dir, args.batch, size, channels))
+    for _ in range(max(5, 60_000 // args.batch + 5)):  # fill the cache: one full pass
+        next(iterator)
+    start = time.perf_counter()
+    batches = 200
+    for _ in range(batches):
+        next(iterator)
+    return {"examples_per_s": batches * args.batch / (time.perf_counter() - start)}
+
+
+def case_train_with_pipeline(args):
+    name, data_dir, size, channels = _pipeline_source(args)
+    model, _ = _model("sogclr", args.batch, args.width, (size, size, channels), False)
+    iterator = iter(_pipeline(name, data_dir, args.batch, size, channels))
+    seconds, steps = _time_loop(model, iterator, args.steps, args.steps_per_execution, False)
+    return {"examples_per_s": steps * args.batch / seconds}
+
+
+CASES = {"train": case_train, "pipeline": case_pipeline, "train_with_pipeline": case_train_with_pipeline}
+
+
+def _sub(args, case, **overrides):
+    options = dict(vars(args), case=case, **overrides)
+    command = [sys.executable, os.path.abspath(__file__)]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        command.append(f"--{key}" if value is True else f"--{key}={value}")
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps_per_execution", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--data_dir", default=None, help="TFDS dir for Fashion-MNIST (temp if unset)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--loss", default="sogclr", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", default="fashion_mnist", help=argparse.SUPPRESS)
+    parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(CASES[args.case](args)))
+        return
+
+    common = {"batch": args.batch, "width": args.width, "depth": 18, "image": "32x32x3"}
+    sogclr = _sub(args, "train", loss="sogclr")
+    simclr = _sub(args, "train", loss="simclr")
+    jit = _sub(args, "train", loss="sogclr", jit=True)
+    for loss, result in (("sogclr", sogclr), ("simclr", simclr)):
+        print(json.dumps({"name": "train_examples_per_s", "loss": loss,
+                          "value": result["examples_per_s"], **common}))
+    print(json.dumps({"name": "train_sogclr_over_simclr_throughput", "target": ">= 0.97",
+                      "value": sogclr["examples_per_s"] / simclr["examples_per_s"], **common}))
+    print(json.dumps({"name": "jit_over_nojit_throughput", "jit_examples_per_s": jit["examples_per_s"],
+                      "value": jit["examples_per_s"] / sogclr["examples_per_s"], **common}))
+    for dataset in ("fashion_mnist", "rgb32"):
+        result = _sub(args, "pipeline", dataset=dataset, batch=256)
+        print(json.dumps({"name": f"pipeline_examples_per_s_{dataset}", "batch": 256,
+                          "value": result["examples_per_s"]}))
+    result = _sub(args, "train_with_pipeline", dataset="fashion_mnist")
+    print(json.dumps({"name": "train_examples_per_s_fashion_mnist_pipeline",
+                      "value": result["examples_per_s"], "batch": args.batch,
+                      "width": args.width, "image": "28x28x1"}))
+
+
+if __name__ == "__main__":
+    main()
