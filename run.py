@@ -111,8 +111,9 @@ def check_run(cfg, train_info, strategy):
         train.check_against_data(cfg, train_info, strategy)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if FLAGS.mode == "eval" and train.latest_checkpoint(FLAGS.checkpoint or cfg.run.model_dir) is None:
-        raise UsageError(f"--mode=eval needs --checkpoint or a checkpoint in "
+    if (FLAGS.mode in ("eval", "export")
+            and train.latest_checkpoint(FLAGS.checkpoint or cfg.run.model_dir) is None):
+        raise UsageError(f"--mode={FLAGS.mode} needs --checkpoint or a checkpoint in "
                          f"--model_dir={cfg.run.model_dir}; found none.")
     if FLAGS.train_mode == "finetune":
         raise UsageError("--train_mode=finetune is not available in this version of run.py; "
@@ -147,6 +148,9 @@ def main(argv):
                        train={k: round(v, 4) for k, v in result.logs.items()})
         if distribute.is_chief(strategy):
             summary["export"] = export_encoder(result.model, cfg, result.step, train_info)
+    if FLAGS.mode == "export":
+        model, step = train.restore_model(cfg, FLAGS.checkpoint, strategy)
+        summary.update(step=step, export=export_encoder(model, cfg, step, train_info))
     if FLAGS.mode in ("eval", "train_then_eval"):
         summary["eval"] = train.evaluate(
             cfg, checkpoint=FLAGS.checkpoint, eval_knn=FLAGS.eval_knn, knn_k=FLAGS.knn_k,

@@ -3,8 +3,8 @@
 from absl import flags
 
 flags.DEFINE_integer("resnet_depth", 18, "ResNet depth: 18, 34, 50, 101 or 152.")
-flags.DEFINE_float("width_multiplier", 0.25,
-                   "ResNet width multiplier; fractions allowed (0.25: 16 channels in stage 1).")
+flags.DEFINE_float("width_multiplier", 0.125,
+                   "ResNet width multiplier; fractions allowed (0.125: 8 channels in stage 1).")
 flags.DEFINE_bool("small_image_stem", True,
                   "3x3 stride-1 stem without max-pool, for 28-32 px images (SimCLR CIFAR).")
 flags.DEFINE_enum("proj_head_mode", "nonlinear", ("none", "linear", "nonlinear"),

@@ -2,12 +2,13 @@
 
 from absl import flags
 
-MODES = ("train", "eval", "train_then_eval")
+MODES = ("train", "eval", "train_then_eval", "export")
 TRAIN_MODES = ("pretrain", "finetune")
 
 flags.DEFINE_enum("mode", "train_then_eval", MODES,
                   "train: train only; eval: evaluate the newest (or --checkpoint) checkpoint; "
-                  "train_then_eval: both.")
+                  "train_then_eval: both; export: write the SavedModel of the newest (or "
+                  "--checkpoint) checkpoint.")
 flags.DEFINE_enum("train_mode", "pretrain", TRAIN_MODES,
                   "pretrain: contrastive pretraining; finetune: supervised fine-tuning from "
                   "--checkpoint or a pretraining checkpoint in --model_dir.")

@@ -146,6 +146,8 @@ def test_mirrored_two_replicas_equal_one_device_with_global_bn(mirrored_strategy
                                single_logs["contrastive_loss"], rtol=1e-4)
     assert np.count_nonzero(single.loss_layer.estimates()) == len(
         np.unique(np.concatenate([b["index"].numpy() for b in batches])))
+    for table in _replica_values(mirrored.loss_layer.u_table.log_u):
+        np.testing.assert_allclose(np.exp(table), single.loss_layer.estimates(), rtol=1e-4)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])

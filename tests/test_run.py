@@ -43,6 +43,12 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary_of(again.stdout)["eval"]["linear_top1"] == pytest.approx(scores["linear_top1"])
 
+    exported = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}", "--mode=export",
+                   f"--export_dir={tmp_path / 'exports'}", *TINY)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert summary_of(exported.stdout)["export"] == str(tmp_path / "exports" / "3")
+    assert os.path.isfile(tmp_path / "exports" / "3" / "saved_model.pb")
+
 
 @pytest.mark.parametrize("args, message", [
     (["--loss=infonce"], "--loss=infonce: value should be one of <sogclr|simclr>"),

@@ -251,6 +251,21 @@ def latest_checkpoint(path):
     return tf.train.latest_checkpoint(path) if path and tf.io.gfile.isdir(path) else None
 
 
+def restore_model(cfg, checkpoint=None, strategy=None):
+    """The pretrained model of checkpoint `checkpoint` (default: newest in model_dir) and its step."""
+    cfg.validate()
+    strategy = strategy or tf.distribute.get_strategy()
+    path = latest_checkpoint(checkpoint or cfg.run.model_dir)
+    if path is None:
+        raise ValueError(f"Needs --checkpoint or a checkpoint in --model_dir={cfg.run.model_dir}; "
+                         "found none.")
+    info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
+    with strategy.scope():
+        model = build_model(cfg, info, strategy.num_replicas_in_sync)
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(path).expect_partial()
+    return model, int(model.optimizer.iterations.numpy())
+
+
 def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1,
              eval_steps=0, strategy=None):
     """Scores a pretraining checkpoint on `cfg.data.eval_split`; returns a dict of floats.
@@ -259,18 +274,10 @@ def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1
     `eval_knn`, `knn_top1` of encoder features against `cfg.data.train_split`. `checkpoint`
     defaults to the newest in `cfg.run.model_dir`. Writes scalars to `model_dir/eval`.
     """
-    cfg.validate()
     strategy = strategy or tf.distribute.get_strategy()
-    path = latest_checkpoint(checkpoint or cfg.run.model_dir)
-    if path is None:
-        raise ValueError(f"--mode=eval needs --checkpoint or a checkpoint in "
-                         f"--model_dir={cfg.run.model_dir}; found none.")
+    model, step = restore_model(cfg, checkpoint, strategy)
     train_info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
     eval_info = data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
-    with strategy.scope():
-        model = build_model(cfg, train_info, strategy.num_replicas_in_sync)
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else 0
 
     def eval_batches(split):
         dataset = data.eval_dataset(
