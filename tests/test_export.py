@@ -90,33 +90,24 @@ def dataset():
     return tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 10, 8))).batch(4)
 
 
-def test_readme_load_and_call(export_path):
-    import numpy as np
-    import tensorflow as tf
+def readme_snippet(name):
+    """The ```python block after `<!-- snippet: name -->` in README.md."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "README.md")) as f:
+        text = f.read()
+    marker = f"<!-- snippet: {name} -->"
+    assert marker in text, marker
+    block = text[text.index(marker):].split("```python\n", 1)[1]
+    return block.split("```", 1)[0]
 
-    loaded = tf.saved_model.load(export_path)
-    images = tf.random.uniform([4, 8, 8, 1])  # float32 [batch, H, W, C] in [0, 1]
-    outputs = loaded.signatures["serving_default"](images=images)
-    assert sorted(outputs) == ["features", "logits", "projection"]
-    features = loaded.features(images)  # [4, f] pooled encoder features (inference mode)
-    same = loaded.serve(images)  # the serving_default dict, as a plain call
-    np.testing.assert_allclose(same["features"], features, atol=1e-6)
+
+def test_readme_load_and_call(export_path):
+    exec(readme_snippet("load_and_call"), {"export_path": export_path})
 
 
 def test_readme_fine_tune_with_tfsm_layer(export_path, dataset):
-    import keras
-    import numpy as np
-
-    encoder = keras.layers.TFSMLayer(export_path, call_endpoint="serving_default")
-    images = keras.Input((8, 8, 1))
-    logits = keras.layers.Dense(10)(encoder(images)["features"])
-    classifier = keras.Model(images, logits)
-    classifier.compile(optimizer=keras.optimizers.SGD(0.1),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    before = [w.numpy() for w in encoder.trainable_weights]
-    classifier.fit(dataset, epochs=1, verbose=0)  # dataset: (images, labels) batches
-    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, encoder.trainable_weights)]
-    assert any(changed)  # the encoder's own weights were fine-tuned
+    exec(readme_snippet("fine_tune_with_tfsm_layer"),
+         {"export_path": export_path, "dataset": dataset})
 
 
 def test_reload_gives_the_in_memory_outputs(exported):
