@@ -116,8 +116,47 @@ def check_run(cfg, train_info, strategy):
         raise UsageError(f"--mode={FLAGS.mode} needs --checkpoint or a checkpoint in "
                          f"--model_dir={cfg.run.model_dir}; found none.")
     if FLAGS.train_mode == "finetune":
-        raise UsageError("--train_mode=finetune is not available in this version of run.py; "
-                         "use --train_mode=pretrain.")
+        from tf_sogclr import finetune
+
+        if FLAGS.mode == "export":
+            raise UsageError("--mode=export exports pretraining checkpoints; a fine-tuning run "
+                             "exports its classifier when it ends (--train_mode=finetune).")
+        try:
+            finetune.check_finetune(cfg, finetune_config(), strategy)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+
+
+def finetune_config():
+    """The FinetuneConfig the flags describe (SimCLR: the same flags, fine-tuning values)."""
+    from tf_sogclr import finetune
+
+    cfg = finetune.FinetuneConfig(
+        checkpoint=FLAGS.checkpoint, zero_init_logits_layer=FLAGS.zero_init_logits_layer,
+        fine_tune_after_block=FLAGS.fine_tune_after_block, ft_proj_selector=FLAGS.ft_proj_selector,
+        train_epochs=FLAGS.train_epochs, train_batch_size=FLAGS.train_batch_size,
+        learning_rate=FLAGS.learning_rate, learning_rate_scaling=FLAGS.learning_rate_scaling,
+        optimizer=FLAGS.optimizer, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
+        warmup_epochs=FLAGS.warmup_epochs)
+    try:
+        return cfg.validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def run_finetune(cfg, train_info, strategy):
+    """Fine-tunes with Keras fit (resuming if interrupted), evaluates, exports the classifier."""
+    from tf_sogclr import distribute, finetune
+
+    result = finetune.finetune(cfg, finetune_config(), strategy=strategy)
+    summary = {"finetune_dir": result.finetune_dir, "tensorboard": result.log_dir,
+               "epochs": result.epochs,
+               "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5)}}
+    if distribute.is_chief(strategy):
+        step = int(result.model.optimizer.iterations.numpy())
+        summary["export"] = export_encoder(finetune.ExportableClassifier(result.model), cfg, step,
+                                           train_info)
+    return summary
 
 
 def export_encoder(model, cfg, step, train_info):
@@ -141,6 +180,11 @@ def main(argv):
     check_run(cfg, train_info, strategy)
 
     summary = {"model_dir": cfg.run.model_dir}
+    if FLAGS.train_mode == "finetune":
+        summary.update(run_finetune(cfg, train_info, strategy))
+        print("Summary:")
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return
     if FLAGS.mode in ("train", "train_then_eval"):
         result = train.pretrain(cfg, strategy=strategy)
         summary.update(step=result.step, checkpoint=result.checkpoint,

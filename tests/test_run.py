@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +49,18 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert summary_of(exported.stdout)["export"] == str(tmp_path / "exports" / "3")
     assert os.path.isfile(tmp_path / "exports" / "3" / "saved_model.pb")
+
+    tuned = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}",
+                "--train_mode=finetune", "--train_epochs=1", "--optimizer=momentum",
+                "--learning_rate=0.1", "--weight_decay=0", "--warmup_epochs=0", *TINY)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    tuned_summary = summary_of(tuned.stdout)
+    assert tuned_summary["finetune_dir"] == os.path.join(model_dir, "finetune")
+    assert 0.0 <= tuned_summary["eval"]["top1"] <= tuned_summary["eval"]["top5"] <= 1.0
+    from tf_sogclr import export
+    loaded = export.load_encoder(tuned_summary["export"])
+    outputs = loaded(np.zeros((2, 28, 28, 1), np.float32))
+    assert outputs["logits"].shape == (2, 10) and "features" in outputs
 
 
 @pytest.mark.parametrize("args, message", [
