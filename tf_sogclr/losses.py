@@ -137,11 +137,14 @@ def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, 
     log u `[b]` and whether the positive outranks every negative `[b]`.
     """
     masked = tf.where(negatives, tf.stop_gradient(sims) / temperature, -np.inf)
-    log_g = tf.reduce_logsumexp(masked, axis=1) - tf.math.log(num_negatives)
+    # One exp of [b, K], shared by log g and the weights (a second one costs ~10% under XLA).
+    row_max = tf.reduce_max(masked, axis=1)
+    shifted = tf.exp(masked - row_max[:, None])  # exp(s / tau - max); 0 off the negatives.
+    log_g = row_max + tf.math.log(tf.reduce_sum(shifted, axis=1)) - tf.math.log(num_negatives)
     log_u = moving_average_log_u(log_u_old, log_g, gamma)
-    weights = tf.exp(masked - log_u[:, None])  # p[i, j]; 0 off the negatives; no gradient.
+    weights = shifted * tf.exp(row_max - log_u)[:, None]  # p[i, j] = exp(s / tau - log u).
     loss = -positive + tf.reduce_sum(weights * sims, axis=1) / num_negatives
-    correct = positive * (1.0 / temperature) > tf.reduce_max(masked, axis=1)
+    correct = positive * (1.0 / temperature) > row_max
     return loss, log_u, correct
 
 
@@ -313,7 +316,10 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
     int pair indices `[b]`. Table `image_u_table` holds u^I (image anchors against the B-1
     other texts), `text_u_table` u^T (text anchors against the other images). Returns the
     mean over local pairs of loss^I + loss^T; metrics and guarantees as
-    `GlobalContrastiveLoss`.
+    `GlobalContrastiveLoss`, plus `temperature_gradient`: the estimate of d objective / d tau,
+    `mean_i [log u^I_i + log u^T_i - sum_j (p^I_ij s^I_ij + p^T_ij s^T_ij) / (tau (B - 1))]`.
+    `temperature` (optional scalar, e.g. a learnable tau's value) overrides the constructor's
+    for this call; no gradient flows to it through the loss.
     """
 
     def __init__(self, num_examples, temperature=0.1, gamma=0.9, gamma_schedule="constant",
@@ -324,9 +330,11 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
         self.text_u_table = UTable(self.num_examples, name="text_u_table")
         self.built = True
 
-    def call(self, image_emb, text_emb, index, return_metrics=False):
+    def call(self, image_emb, text_emb, index, return_metrics=False, temperature=None):
         image, text, index, image_all, text_all, index_all, accept = self._prepare(
             image_emb, text_emb, index, ("image_emb", "text_emb", "index"))
+        tau = (self.temperature if temperature is None
+               else tf.stop_gradient(tf.cast(temperature, tf.float32)))
         global_batch = tf.shape(image_all)[0]
         negatives = _not_self_mask(tf.shape(image)[0], global_batch)  # [b, B]
         num_negatives = tf.cast(global_batch, tf.float32) - 1.0
@@ -334,21 +342,23 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
         gamma = tf.convert_to_tensor(self.current_gamma.value)
         loss_i, log_u_i, correct_i = _sogclr_direction(
             tf.matmul(image, text_all, transpose_b=True), negatives, positive,
-            self.image_u_table.read(index), gamma, self.temperature, num_negatives)
+            self.image_u_table.read(index), gamma, tau, num_negatives)
         loss_t, log_u_t, correct_t = _sogclr_direction(
             tf.matmul(text, image_all, transpose_b=True), negatives, positive,
-            self.text_u_table.read(index), gamma, self.temperature, num_negatives)
+            self.text_u_table.read(index), gamma, tau, num_negatives)
         loss = tf.reduce_mean(loss_i + loss_t)
         self.image_u_table.write(index_all, distribute.cross_replica_concat(log_u_i), accept)
         self.text_u_table.write(index_all, distribute.cross_replica_concat(log_u_t), accept)
         if not return_metrics:
             return loss
+        # sum_j p_ij s_ij / (B - 1) is each direction's surrogate plus the positive.
+        weighted = tf.stop_gradient(loss_i + loss_t + 2.0 * positive)
         metrics = {
-            "objective": tf.reduce_mean(
-                self.temperature * (log_u_i + log_u_t) - 2.0 * positive),
+            "objective": tf.reduce_mean(tau * (log_u_i + log_u_t) - 2.0 * positive),
             "contrastive_accuracy": tf.reduce_mean(
                 tf.cast(tf.concat([correct_i, correct_t], 0), tf.float32)),
             "input_ok": tf.cast(accept, tf.float32),
+            "temperature_gradient": tf.reduce_mean(log_u_i + log_u_t - weighted / tau),
             **_u_stats(log_add_exp(log_u_i, log_u_t) - math.log(2.0)),
         }
         return loss, metrics

@@ -36,12 +36,16 @@ def mean_over_duplicates(index, log_values):
 
     `index` int32 `[B]`, `log_values` float32 `[B]`. Rows of one example (possible when an
     epoch boundary falls inside a batch) then all write the same value, so the order in
-    which a scatter applies them cannot matter. O(B^2), static shapes (XLA friendly).
+    which a scatter applies them cannot matter. A `[B, B]` comparison finds each row's first
+    occurrence; the log-mean itself costs O(B) exps. Static shapes (XLA friendly).
     """
-    same = tf.equal(index[:, None], index[None, :])
-    masked = tf.where(same, log_values[None, :], -np.inf)
-    count = tf.reduce_sum(tf.cast(same, tf.float32), axis=1)
-    return tf.reduce_logsumexp(masked, axis=1) - tf.math.log(count)
+    batch = tf.shape(index)[0]
+    first = tf.argmax(tf.equal(index[:, None], index[None, :]), axis=1, output_type=tf.int32)
+    peak = tf.math.unsorted_segment_max(log_values, first, batch)
+    total = tf.math.unsorted_segment_sum(tf.exp(log_values - tf.gather(peak, first)), first, batch)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(log_values), first, batch)
+    log_mean = peak + tf.math.log(total) - tf.math.log(count)  # valid at first occurrences
+    return tf.gather(log_mean, first)
 
 
 class UTable(keras.layers.Layer):
@@ -77,7 +81,10 @@ class UTable(keras.layers.Layer):
         Duplicate indices store the mean of their values. With `accept` false (a bad step)
         the rows are rewritten with their old values: the table is unchanged.
         """
-        log_u = mean_over_duplicates(index, log_u)
+        sorted_index = tf.sort(index)
+        has_duplicates = tf.reduce_any(tf.equal(sorted_index[1:], sorted_index[:-1]))
+        log_u = tf.cond(has_duplicates, lambda: mean_over_duplicates(index, log_u),
+                        lambda: log_u)  # Duplicates are rare: only then pay for merging.
         log_u = tf.where(accept, log_u, self.read(index))
         self.log_u.value.scatter_update(tf.IndexedSlices(log_u, index))
 
