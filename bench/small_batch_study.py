@@ -1,0 +1,764 @@
+"""Small-batch study: SogCLR against SimCLR on Fashion-MNIST, by linear probe and k-NN top-1.
+
+    python bench/small_batch_study.py --results_dir results/small_batch --plan   # plan only
+    python bench/small_batch_study.py --results_dir results/small_batch          # full study
+    python bench/small_batch_study.py --results_dir /tmp/smoke --quick           # < 5 min smoke
+
+The paper's claim (Yuan et al., ICML 2022): SimCLR needs a large batch, SogCLR does not.
+Here both losses pretrain the same encoder at batch sizes 32 ... 512 with everything else
+equal (encoder, epochs, augmentations, optimiser, learning-rate rule, seeds), then each
+frozen encoder is scored on the test split by a linear probe and by k-NN. Two references on
+the same encoder: random weights, and supervised training (same subset, epochs, crop+flip).
+
+What a run does (one process runs them all, one after the other):
+
+* `simclr` / `sogclr`: `tf_sogclr.train.pretrain` (NT-Xent or SogCLR's global loss, LARS,
+  lr = 0.075 * sqrt(B) warmed up for 1 epoch then cosine-decayed, SimCLR's
+  small-batch rule from the paper; temperature 0.1, gamma 0.9 constant, weight decay 1e-6);
+* `supervised`: the same encoder + a Dense head, plain Keras `fit` with cross-entropy on
+  `data.finetune_dataset` (SimCLR's crop + flip), SGD momentum 0.9 (nesterov), lr 0.1 at
+  batch 128 cosine-decayed to 0, decoupled weight decay 5e-4; `head_top1` is its own
+  classifier's test top-1, `linear_top1` / `knn_top1` are measured as for every other run;
+* `random`: the encoder as initialised (seeded), no training. As in SimCLR, the last batch
+  norm of every residual block starts with gamma = 0, so at initialisation each block is its
+  shortcut: this reference is weak (a stem plus strided projections), by construction.
+
+Evaluation, identical for every run: `knn.extract_features` of the un-augmented training
+subset and of the test split (frozen encoder, L2-normalised pooled features), then
+
+* linear probe: features standardised with the training subset's mean and std, a Keras
+  `Dense(10)` trained full-batch with Adam, PROBE_STEPS steps, lr PROBE_LR cosine-decayed to
+  0, L2 PROBE_L2 on the kernel, zero initialisation (so the result is deterministic given the
+  features). The problem is convex and small (N x 32); 500 full-batch steps reach the same
+  test top-1 as 2000 (checked on trained features: within 0.1 point), so the recipe converges;
+  `linear_train_top1` is recorded too;
+* k-NN: `knn.knn_top1`, k = 200, cosine similarity, votes exp(sim / 0.1) (InstDisc / MoCo /
+  SogCLR protocol), memory bank = the training subset.
+
+Budget and the choice it forced (the full study must take <= 60 min on 2 CPU cores, with
+~20% margin):
+
+* encoder: ResNet-18, width 1/16 (channels 4-8-16-32, 32-d features), small-image stem,
+  projection head 2 layers -> 128; image size 16 (Fashion-MNIST's 28x28 resized; SimCLR's
+  crop + flip + colour jitter 0.5 applied at 16x16). At 28x28 a step costs ~2.5-4x more
+  (164 vs 778 examples/s at batch 64 in back-to-back probes), width 1/8 ~3x more (239 vs
+  ~700 at batch 128): either would have cut the epochs to 2-3;
+* training subset: the first 10,000 training images (`train[:10000]`; the u-table still has
+  60,000 rows, indices are stable), also the probe's training set and the k-NN memory bank;
+  test: all 10,000 test images;
+* epochs: 8 for every run (batch 512 makes 19 steps an epoch, 152 in all; batch 32 makes
+  312, 2,496 in all); warm-up 1 epoch; lr = 0.075 * sqrt(B) (0.42 at 32, 1.70 at 512);
+* runs: 2 methods x 5 batch sizes at seed 0, + seeds 1, 2 at batch 64 and 512 (8 more),
+  + supervised x 3 seeds, + random x 3 seeds = 24 runs.
+
+Measurements behind it, at this configuration (pipeline included, no XLA,
+steps_per_execution 25), taken while other engineers' jobs loaded the 2-core machine (load
+average 3.3-6.8). Wall-clock rates swung up to 3x between identical probes (batch 64:
+335-988 examples/s), so the plan uses examples per CPU-second of this process, which were
+steadier: batch 32: 547-663, 64: 471-683, 128: 913, 256: 760, 512: 589-648; taken as
+580 / 600 / 700 / 700 / 600 and multiplied by QUIET_PARALLELISM = 1.3 cores busy on a quiet
+machine (an assumption; under load the process kept 0.85-1.6 cores busy). Fixed cost per
+training run (build, trace, first steps): 18-30 s under load, 20 s assumed. Evaluation of
+one encoder (20,000 images through it, probe, k-NN): 14-15 s, i.e. ~8 s per 10k images.
+One real run at the full size (batch 512, 1 epoch, load ~2-4): 39 s training (build and
+trace included), 15 s evaluation. XLA (`jit_compile`): no faster at batch 64, maybe 1.6x
+at 512, but 35-43 s of compile per run instead of 7-18, so it is off. With these costs
+`--plan` estimates ~45 min for the 24 runs (24% margin), and 8 is the most epochs that
+keeps 20%. Before the real run, `--plan --probe` (about a minute) measures wall-clock rates
+on the machine at hand and says how many epochs fit there; `--quick` took 2 min 45 s under
+the load above.
+
+Outputs under --results_dir:
+
+* `runs.jsonl`: one JSON object per finished run: `method`, `batch_size`, `seed`, `epochs`,
+  `linear_top1`, `knn_top1`, `wall_s` (whole run: train + evaluation), `examples_per_s`
+  (training examples / training seconds, build and trace included), and `train_s`, `eval_s`,
+  `steps`, `linear_train_top1`, `head_top1` (supervised), `final_logs`, `load_avg`,
+  `config` and `config_id` (hash of the settings that matter for that method);
+* `results.md`: mean +- std over seeds per (method, batch size) and the references, and the
+  SogCLR - SimCLR difference per batch size;
+* `small_batch.png`: linear-probe and k-NN top-1 against batch size (log2 axis), one line per
+  method with std error bars, the references as horizontal lines;
+* `runs/<run>/train`: each pretraining run's TensorBoard scalars (checkpoints are deleted).
+
+Resumable: a run whose (method, batch size, seed, config_id) is already in `runs.jsonl` is
+skipped, so an interrupted study continues where it stopped; a run interrupted midway
+starts again from scratch. Records of other configurations (e.g. a `--gamma` ablation written
+to the same directory) stay in the file and are left out of the table and plot, which always
+show the current configuration. Ablations are best given their own --results_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+CONTRASTIVE = ("simclr", "sogclr")
+REFERENCES = ("random", "supervised")
+METHODS = CONTRASTIVE + REFERENCES
+JSONL, TABLE, PLOT = "runs.jsonl", "results.md", "small_batch.png"
+
+# Linear probe recipe (see the module docstring).
+PROBE_STEPS, PROBE_LR, PROBE_L2 = 500, 0.05, 1e-4
+KNN_K, KNN_TEMPERATURE = 200, 0.1
+# Supervised reference recipe.
+SUPERVISED_BATCH, SUPERVISED_LR, SUPERVISED_WEIGHT_DECAY = 128, 0.1, 5e-4
+
+# Costs measured with --probe / --quick at the full configuration while other jobs loaded the
+# 2-core machine (load average 3.3-6.8). Under that load wall-clock rates swung up to 3x from
+# one probe to the next, so the plan rests on rates per CPU-second of this process (steadier),
+# times the cores a quiet machine lets TensorFlow use (QUIET_PARALLELISM, assumed; 2 cores).
+MEASURED_EXAMPLES_PER_CPU_S = {32: 580.0, 64: 600.0, 128: 700.0, 256: 700.0, 512: 600.0}
+SUPERVISED_SPEEDUP = 2.0  # assumed: one view per example instead of two
+QUIET_PARALLELISM = 1.3
+RUN_OVERHEAD_S = 20.0  # build, trace (single-threaded) and first steps of one training run
+EVAL_S_PER_10K = 8.0  # feature extraction + probe + k-NN, per 10,000 train+test images
+RANDOM_OVERHEAD_S = 5.0
+MARGIN = 0.2
+BUDGET_S = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """Every setting shared by the runs of one study (the knobs are CLI flags)."""
+
+    dataset: str = "fashion_mnist_debian"
+    data_dir: str | None = None
+    train_subset: int = 10_000
+    test_subset: int = 0  # 0: the whole test split
+    image_size: int = 16
+    resnet_depth: int = 18
+    width_multiplier: float = 0.0625
+    proj_out_dim: int = 128
+    epochs: int = 8
+    temperature: float = 0.1
+    gamma: float = 0.9
+    gamma_schedule: str = "constant"
+    gamma_decay_epochs: int | None = None
+    optimizer: str = "lars"
+    learning_rate: float = 0.075
+    learning_rate_scaling: str = "sqrt"
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 1.0
+    color_jitter_strength: float = 0.5
+    crop_area_min: float = 0.08
+    steps_per_execution: int = 25
+    eval_batch_size: int = 500
+
+    @property
+    def train_split(self):
+        return f"train[:{self.train_subset}]"
+
+    @property
+    def test_split(self):
+        return f"test[:{self.test_subset}]" if self.test_subset else "test"
+
+    def relevant(self, method):
+        """The settings that can change `method`'s result (hashed into config_id)."""
+        keys = ["dataset", "train_subset", "test_subset", "image_size", "resnet_depth",
+                "width_multiplier"]
+        if method != "random":
+            keys += ["epochs", "crop_area_min"]
+        if method in CONTRASTIVE:
+            keys += ["proj_out_dim", "temperature", "optimizer", "learning_rate",
+                     "learning_rate_scaling", "weight_decay", "warmup_epochs",
+                     "color_jitter_strength"]
+        if method == "sogclr":
+            keys += ["gamma", "gamma_schedule", "gamma_decay_epochs"]
+        out = {k: getattr(self, k) for k in keys}
+        out["probe"] = {"steps": PROBE_STEPS, "lr": PROBE_LR, "l2": PROBE_L2,
+                        "knn_k": KNN_K, "knn_temperature": KNN_TEMPERATURE}
+        if method == "supervised":
+            out["supervised"] = {"batch": SUPERVISED_BATCH, "lr": SUPERVISED_LR,
+                                 "weight_decay": SUPERVISED_WEIGHT_DECAY}
+        return out
+
+    def config_id(self, method):
+        text = json.dumps(self.relevant(method), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    method: str
+    batch_size: int  # 0 for random weights
+    seed: int
+
+    @property
+    def name(self):
+        return f"{self.method}_b{self.batch_size}_s{self.seed}"
+
+
+def run_list(batch_sizes, seeds, multi_seed_batches, methods, supervised_batch=SUPERVISED_BATCH):
+    """Runs in the order they execute: cheap references, then every batch size at the first
+    seed (both methods side by side), then the extra seeds, so a partial study is usable."""
+    first, extra = seeds[0], seeds[1:]
+    runs = [Run("random", 0, s) for s in seeds] if "random" in methods else []
+    contrastive = [m for m in CONTRASTIVE if m in methods]
+    runs += [Run(m, b, first) for b in batch_sizes for m in contrastive]
+    if "supervised" in methods:
+        runs.append(Run("supervised", supervised_batch, first))
+    for s in extra:
+        runs += [Run(m, b, s) for b in batch_sizes if b in multi_seed_batches for m in contrastive]
+    if "supervised" in methods:
+        runs += [Run("supervised", supervised_batch, s) for s in extra]
+    return runs
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def estimate_s(run, study, rates, epochs=None):
+    """Seconds `run` should take given `rates` (see builtin_rates)."""
+    epochs = study.epochs if epochs is None else epochs
+    images = study.train_subset + (study.test_subset or 10_000)
+    evaluation = rates["eval_s_per_10k"] * images / 1e4
+    if run.method == "random":
+        return RANDOM_OVERHEAD_S + evaluation
+    examples = epochs * (study.train_subset // run.batch_size) * run.batch_size
+    by_batch = rates["examples_per_s"]
+    nearest = min(by_batch, key=lambda b: abs(math.log2(b) - math.log2(run.batch_size)))
+    rate = by_batch[nearest] * (SUPERVISED_SPEEDUP if run.method == "supervised" else 1.0)
+    return rates["overhead_s"] + examples / rate + evaluation
+
+
+def builtin_rates(parallelism=QUIET_PARALLELISM):
+    return {"examples_per_s": {b: r * parallelism for b, r in MEASURED_EXAMPLES_PER_CPU_S.items()},
+            "overhead_s": RUN_OVERHEAD_S, "eval_s_per_10k": EVAL_S_PER_10K}
+
+
+def print_plan(study, runs, rates, done, source):
+    print("Configuration:")
+    for key, value in dataclasses.asdict(study).items():
+        print(f"  {key} = {value}")
+    print(f"  linear probe: full-batch Adam, {PROBE_STEPS} steps, lr {PROBE_LR} cosine, "
+          f"L2 {PROBE_L2}; k-NN k={KNN_K}, T={KNN_TEMPERATURE}; supervised: batch "
+          f"{SUPERVISED_BATCH}, SGD lr {SUPERVISED_LR} cosine, weight decay "
+          f"{SUPERVISED_WEIGHT_DECAY}")
+    print(f"Costs assumed ({source}):")
+    print("  pretraining examples/s by batch: " + ", ".join(
+        f"{b}: {r:.0f}" for b, r in sorted(rates["examples_per_s"].items())) +
+        f" (supervised x{SUPERVISED_SPEEDUP:g}); fixed cost per training run "
+        f"{rates['overhead_s']:.0f} s; evaluation {rates['eval_s_per_10k']:.1f} s per 10k images")
+    todo = [r for r in runs if r not in done]
+    print(f"Runs ({len(runs)}, {len(runs) - len(todo)} already done):")
+    for run in runs:
+        status = "done" if run in done else f"~{estimate_s(run, study, rates) / 60:.1f} min"
+        print(f"  {run.name:<22} {status}")
+    total = sum(estimate_s(r, study, rates) for r in todo)
+    whole = sum(estimate_s(r, study, rates) for r in runs)
+    print(f"Estimated time left: {total / 60:.1f} min; whole study {whole / 60:.1f} min "
+          f"(budget {BUDGET_S / 60:.0f} min, {100 * (1 - whole / BUDGET_S):.0f}% margin)")
+    fits = [e for e in range(1, 201)
+            if sum(estimate_s(r, study, rates, e) for r in runs) <= (1 - MARGIN) * BUDGET_S]
+    print(f"Most epochs that keep a {100 * MARGIN:.0f}% margin at these costs: "
+          f"{max(fits) if fits else 'none'} (--epochs)")
+    return total
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _quiet_tensorflow():
+    import absl.logging
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def pretrain_config(study, run, model_dir):
+    from tf_sogclr import config
+    return config.PretrainConfig(
+        data=config.DataConfig(
+            dataset=study.dataset, data_dir=study.data_dir, train_split=study.train_split,
+            eval_split=study.test_split, image_size=study.image_size,
+            color_jitter_strength=study.color_jitter_strength,
+            crop_area_min=study.crop_area_min, shuffle_buffer=min(10_000, study.train_subset)),
+        model=config.ModelConfig(resnet_depth=study.resnet_depth,
+                                 width_multiplier=study.width_multiplier,
+                                 proj_out_dim=study.proj_out_dim),
+        loss=config.LossConfig(loss=run.method, temperature=study.temperature,
+                               gamma=study.gamma, gamma_schedule=study.gamma_schedule,
+                               gamma_decay_epochs=study.gamma_decay_epochs),
+        optimizer=config.OptimizerConfig(
+            optimizer=study.optimizer, learning_rate=study.learning_rate,
+            learning_rate_scaling=study.learning_rate_scaling,
+            weight_decay=study.weight_decay, warmup_epochs=study.warmup_epochs),
+        run=config.RunConfig(
+            model_dir=model_dir, train_batch_size=run.batch_size, train_epochs=study.epochs,
+            eval_batch_size=study.eval_batch_size, lineareval_while_pretraining=False,
+            checkpoint_epochs=0, keep_checkpoint_max=1,
+            steps_per_execution=study.steps_per_execution, seed=run.seed),
+    ).validate()
+
+
+def build_encoder(study, channels):
+    from tf_sogclr import resnet
+    return resnet.build_resnet(
+        study.resnet_depth, width_multiplier=study.width_multiplier, small_image_stem=True,
+        input_shape=(study.image_size, study.image_size, channels), name="encoder")
+
+
+def eval_batches(study, split, channels):
+    from tf_sogclr import data
+    return data.eval_dataset(study.dataset, split, study.eval_batch_size, study.image_size,
+                             data_dir=study.data_dir, cache=False, channels=channels)
+
+
+def linear_probe(train_x, train_y, test_x, test_y, num_classes):
+    """Test (and train) top-1 of a linear classifier on frozen features (module docstring)."""
+    import keras
+    import tensorflow as tf
+
+    mean = tf.reduce_mean(train_x, axis=0)
+    std = tf.math.reduce_std(train_x, axis=0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    layer = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="probe")
+    layer.build((None, int(train_x.shape[1])))
+    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        PROBE_LR, PROBE_STEPS))
+    optimizer.build(layer.trainable_variables)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = layer(train_x)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                train_y, logits)) + PROBE_L2 * tf.reduce_sum(tf.square(layer.kernel))
+        optimizer.apply(tape.gradient(loss, layer.trainable_variables),
+                        layer.trainable_variables)
+        return loss
+
+    for _ in range(PROBE_STEPS):
+        step()
+
+    def top1(x, y):
+        return float(tf.reduce_mean(tf.cast(tf.argmax(layer(x), axis=1) == y, tf.float32)))
+
+    return top1(test_x, test_y), top1(train_x, train_y)
+
+
+def evaluate_encoder(study, encoder, info):
+    """linear_top1, linear_train_top1, knn_top1 of the frozen `encoder` (module docstring)."""
+    from tf_sogclr import knn
+    train_x, train_y = knn.extract_features(
+        encoder, eval_batches(study, study.train_split, info.channels))
+    test_x, test_y = knn.extract_features(
+        encoder, eval_batches(study, study.test_split, info.channels))
+    linear, linear_train = linear_probe(train_x, train_y, test_x, test_y, info.num_classes)
+    knn_top1 = knn.knn_top1(train_x, train_y, test_x, test_y, num_classes=info.num_classes,
+                            k=KNN_K, temperature=KNN_TEMPERATURE)
+    return {"linear_top1": linear, "linear_train_top1": linear_train, "knn_top1": knn_top1}
+
+
+def train_supervised(study, run, info):
+    """Same encoder + Dense head, cross-entropy, plain Keras fit on crop+flip batches."""
+    import warnings
+
+    import keras
+    from tf_sogclr import data
+
+    warnings.filterwarnings("ignore", message=r".*`shuffle=True` was passed.*")
+    dataset = data.finetune_dataset(
+        study.dataset, study.train_split, run.batch_size, study.image_size,
+        data_dir=study.data_dir, crop_area_min=study.crop_area_min,
+        shuffle_buffer=min(10_000, study.train_subset), num_epochs=1, cache=True,
+        seed=run.seed, channels=info.channels)
+    encoder = build_encoder(study, info.channels)
+    images = keras.Input((study.image_size, study.image_size, info.channels))
+    logits = keras.layers.Dense(info.num_classes, name="head_supervised")(encoder(images))
+    model = keras.Model(images, logits)
+    steps = study.epochs * (info.num_split_examples // run.batch_size)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            keras.optimizers.schedules.CosineDecay(SUPERVISED_LR, steps), momentum=0.9,
+            nesterov=True, weight_decay=SUPERVISED_WEIGHT_DECAY),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    model.fit(dataset, epochs=study.epochs, verbose=0)
+    test = eval_batches(study, study.test_split, info.channels).map(
+        lambda b: (b["image"], b["label"]))
+    head_top1 = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+    return encoder, steps, {"head_top1": float(head_top1)}
+
+
+def execute(study, run, results_dir):
+    """Runs one (method, batch, seed) from scratch; returns its record."""
+    import keras
+    from tf_sogclr import data, train
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(run.seed)
+    info = data.describe(study.dataset, study.train_split, study.data_dir)
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    extra, steps, logs = {}, 0, {}
+    if run.method == "random":
+        encoder = build_encoder(study, info.channels)
+    elif run.method == "supervised":
+        encoder, steps, extra = train_supervised(study, run, info)
+    else:
+        model_dir = os.path.join(results_dir, "runs", run.name)
+        shutil.rmtree(model_dir, ignore_errors=True)  # an interrupted run starts afresh
+        result = train.pretrain(pretrain_config(study, run, model_dir), verbose=0)
+        encoder, steps, logs = result.model.encoder, result.step, result.logs
+        for path in os.listdir(model_dir):  # keep TensorBoard scalars, drop checkpoints
+            if path.startswith("ckpt-") or path == "checkpoint":
+                os.remove(os.path.join(model_dir, path))
+    train_s = time.perf_counter() - start
+    scores = evaluate_encoder(study, encoder, info)
+    wall_s = time.perf_counter() - start
+    examples = steps * run.batch_size
+    return {
+        "method": run.method, "batch_size": run.batch_size, "seed": run.seed,
+        "epochs": 0 if run.method == "random" else study.epochs,
+        "linear_top1": scores["linear_top1"], "knn_top1": scores["knn_top1"],
+        "wall_s": round(wall_s, 2),
+        "examples_per_s": round(examples / train_s, 1) if examples else None,
+        "train_s": round(train_s, 2), "eval_s": round(wall_s - train_s, 2), "steps": steps,
+        "linear_train_top1": scores["linear_train_top1"], **extra,
+        "final_logs": {k: round(float(v), 5) for k, v in logs.items()},
+        "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "config_id": study.config_id(run.method), "config": study.relevant(run.method),
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- results
+
+
+def read_records(path):
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill: rerun that run
+                    pass
+    return records
+
+
+def append_record(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def done_runs(records, study):
+    return {Run(r["method"], r["batch_size"], r["seed"]) for r in records
+            if r.get("config_id") == study.config_id(r["method"])}
+
+
+def summarise(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return mean, std, len(values)
+
+
+def _fmt(mean, std, scale=100.0, digits=1):
+    if mean is None:
+        return "—"
+    text = f"{mean * scale:.{digits}f}"
+    return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def groups(records, study):
+    """{(method, batch_size): [records]} of the current configuration."""
+    out = {}
+    for r in records:
+        if r.get("config_id") == study.config_id(r["method"]):
+            out.setdefault((r["method"], r["batch_size"]), []).append(r)
+    return out
+
+
+def write_table(path, records, study, command):
+    grouped = groups(records, study)
+    ignored = sum(1 for r in records if r.get("config_id") != study.config_id(r["method"]))
+    lines = [
+        "# Small-batch study: SogCLR vs SimCLR on Fashion-MNIST", "",
+        f"Command: `{command}`  ",
+        f"Written: {datetime.datetime.now().isoformat(timespec='seconds')}", "",
+        f"ResNet-{study.resnet_depth} x{study.width_multiplier:g} (small stem), "
+        f"{study.image_size}x{study.image_size} images, train[:{study.train_subset}], "
+        f"{study.epochs} epochs, {study.optimizer.upper()} lr {study.learning_rate:g} x "
+        f"{'sqrt(B)' if study.learning_rate_scaling == 'sqrt' else 'B/256'}, "
+        f"warm-up {study.warmup_epochs:g} epoch(s), temperature {study.temperature:g}, "
+        f"SogCLR gamma {study.gamma:g} ({study.gamma_schedule}). Test split: "
+        f"{study.test_split}. Top-1 in %, mean ± std over seeds (sample std; none for one "
+        "seed).", "",
+        "| method | batch | seeds | linear top-1 | k-NN top-1 | examples/s | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (method, batch), rs in sorted(grouped.items(),
+                                      key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1])):
+        lin = summarise([r["linear_top1"] for r in rs])
+        knn_ = summarise([r["knn_top1"] for r in rs])
+        eps = summarise([r["examples_per_s"] for r in rs])[0]
+        wall = summarise([r["wall_s"] for r in rs])[0]
+        batch_text = "—" if method == "random" else str(batch)
+        if method in REFERENCES:
+            method = f"{method} (reference)"
+        lines.append(f"| {method} | {batch_text} | {lin[2]} | {_fmt(*lin[:2])} | "
+                     f"{_fmt(*knn_[:2])} | {'—' if eps is None else f'{eps:.0f}'} | "
+                     f"{wall:.0f} |")
+    batches = sorted({b for (m, b) in grouped if m in CONTRASTIVE})
+    if batches:
+        lines += ["", "SogCLR − SimCLR (difference of the means, points; the std columns "
+                  "above give the noise):", "",
+                  "| batch | linear: SimCLR | linear: SogCLR | Δ linear | k-NN: SimCLR | "
+                  "k-NN: SogCLR | Δ k-NN |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for b in batches:
+            row = [str(b)]
+            for key in ("linear_top1", "knn_top1"):
+                sim = summarise([r[key] for r in grouped.get(("simclr", b), [])])
+                sog = summarise([r[key] for r in grouped.get(("sogclr", b), [])])
+                delta = (None if sim[0] is None or sog[0] is None
+                         else f"{100 * (sog[0] - sim[0]):+.1f}")
+                row += [_fmt(*sim[:2]), _fmt(*sog[:2]), delta or "—"]
+            lines.append("| " + " | ".join(row) + " |")
+    total = sum(r["wall_s"] for rs in grouped.values() for r in rs)
+    lines += ["", f"Runs: {sum(map(len, grouped.values()))}, total run time "
+              f"{total / 60:.1f} min." + (f" ({ignored} records of other configurations in "
+                                          f"{JSONL} are not shown.)" if ignored else "")]
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def write_plot(path, records, study):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped = groups(records, study)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    styles = {"simclr": ("tab:blue", "o", "SimCLR (NT-Xent)"),
+              "sogclr": ("tab:red", "s", "SogCLR")}
+    refs = {"random": ("0.5", "--", "random weights"),
+            "supervised": ("k", ":", "supervised")}
+    for ax, key, title in zip(axes, ("linear_top1", "knn_top1"),
+                              ("linear probe top-1", "k-NN top-1 (k=200)")):
+        batches = set()
+        for method, (color, marker, label) in styles.items():
+            points = sorted((b, summarise([r[key] for r in rs]))
+                            for (m, b), rs in grouped.items() if m == method)
+            if not points:
+                continue
+            xs = [b for b, _ in points]
+            batches.update(xs)
+            ax.errorbar(xs, [100 * s[0] for _, s in points],
+                        yerr=[100 * (s[1] or 0.0) for _, s in points], color=color,
+                        marker=marker, capsize=4, label=label)
+        for method, (color, style, label) in refs.items():
+            rs = [r for (m, _), v in grouped.items() if m == method for r in v]
+            mean, std, n = summarise([r[key] for r in rs])
+            if mean is not None:
+                spread = f" ± {100 * std:.1f}" if std is not None else ""
+                ax.axhline(100 * mean, color=color, linestyle=style,
+                           label=f"{label}: {100 * mean:.1f}{spread} (n={n})")
+        ax.set_xscale("log", base=2)
+        if batches:
+            ax.set_xticks(sorted(batches), [str(b) for b in sorted(batches)])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Fashion-MNIST, ResNet-{study.resnet_depth} x{study.width_multiplier:g}, "
+                 f"{study.image_size}px, {study.train_subset} train images, "
+                 f"{study.epochs} epochs (mean ± std over seeds)", fontsize=10)
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probe(study, batch_sizes, steps=32):
+    """Measures this machine's rates at `study`'s configuration (a few steps per batch)."""
+    import keras
+    import tensorflow as tf
+    from tf_sogclr import augment, data, knn, train
+
+    info = data.describe(study.dataset, study.train_split, study.data_dir)
+    rates = {"examples_per_s": {}}
+    overheads = []
+    for batch in batch_sizes:
+        keras.backend.clear_session()
+        cfg = pretrain_config(study, Run("sogclr", batch, 0), "/nonexistent")
+        start = time.perf_counter()
+        model = train.build_model(cfg, info, 1)
+        augmenter = augment.SimCLRAugment(
+            study.image_size, channels=info.channels, crop_area_min=study.crop_area_min,
+            color_jitter_strength=study.color_jitter_strength)
+        iterator = iter(data.pretrain_dataset(
+            study.dataset, study.train_split, batch, augmenter, data_dir=study.data_dir,
+            cache=True, seed=0, channels=info.channels))
+        loop = train.train_loop_function(model, tf.distribute.get_strategy())
+        loop(iterator, tf.constant(2, tf.int32))
+        overheads.append(time.perf_counter() - start)
+        n = max(4, (steps * 64) // batch)
+        start, cpu = time.perf_counter(), time.process_time()
+        float(loop(iterator, tf.constant(n, tf.int32))["contrastive_loss"])
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        rates["examples_per_s"][batch] = n * batch / wall
+        rates.setdefault("examples_per_cpu_s", {})[batch] = n * batch / cpu
+        print(f"  probe: batch {batch}: {n * batch / wall:.0f} examples/s wall, "
+              f"{n * batch / cpu:.0f} per CPU second (load {os.getloadavg()[0]:.1f})",
+              flush=True)
+    rates["overhead_s"] = max(overheads)
+    keras.backend.clear_session()
+    encoder = build_encoder(study, info.channels)
+    images = eval_batches(study, study.test_split, info.channels).take(8)
+    knn.extract_features(encoder, images.take(1))
+    start = time.perf_counter()
+    features, _ = knn.extract_features(encoder, images)
+    extract_s = (time.perf_counter() - start) / int(features.shape[0])
+    x = tf.random.normal((10_000, int(features.shape[1])))
+    y = tf.random.uniform((10_000,), 0, info.num_classes, tf.int64)
+    start = time.perf_counter()
+    linear_probe(x, y, x, y, info.num_classes)
+    knn.knn_top1(x, y, x, y, num_classes=info.num_classes, k=KNN_K)
+    rates["eval_s_per_10k"] = 1e4 * extract_s + (time.perf_counter() - start) / 2
+    return rates
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results_dir", required=True)
+    p.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke: tiny subset, 1 epoch, batches 32,64, seed 0 (< 5 min)")
+    p.add_argument("--plan", action="store_true", help="print the plan and estimate; run nothing")
+    p.add_argument("--probe", action="store_true",
+                   help="with --plan: measure throughput here instead of the built-in numbers")
+    p.add_argument("--batch_sizes", type=_ints, default=None, help="default 32,64,128,256,512")
+    p.add_argument("--seeds", type=_ints, default=None,
+                   help="seeds of --multi_seed_batches and references (default 0,1,2); other "
+                        "batch sizes use the first")
+    p.add_argument("--multi_seed_batches", type=_ints, default=None, help="default 64,512")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated subset of {','.join(METHODS)}")
+    for field in dataclasses.fields(Study):
+        if field.name in ("data_dir",):
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(
+            field.type.split(" ")[0] if isinstance(field.type, str) else field.type.__name__,
+            int)
+        quick = f" (--quick: {QUICK[field.name]})" if field.name in QUICK else ""
+        p.add_argument(f"--{field.name}", type=kind, default=None,
+                       help=f"default {field.default}{quick}")
+    args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+    return args
+
+
+QUICK = {"train_subset": 1024, "test_subset": 2000, "epochs": 1}
+
+
+def study_from_args(args):
+    values = dict(QUICK) if args.quick else {}
+    for field in dataclasses.fields(Study):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    values["data_dir"] = args.data_dir
+    return Study(**values)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    study = study_from_args(args)
+    batch_sizes = args.batch_sizes or ([32, 64] if args.quick else [32, 64, 128, 256, 512])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    multi = args.multi_seed_batches or ([] if args.quick else [64, 512])
+    if max(batch_sizes) > study.train_subset:
+        sys.exit(f"--batch_sizes: {max(batch_sizes)} exceeds --train_subset={study.train_subset}")
+    runs = run_list(batch_sizes, seeds, multi, args.methods,
+                    supervised_batch=min(SUPERVISED_BATCH, study.train_subset))
+    jsonl = os.path.join(args.results_dir, JSONL)
+    records = read_records(jsonl)
+    done = done_runs(records, study)
+
+    if args.plan:
+        if args.probe:
+            _quiet_tensorflow()
+            from tf_sogclr import fashion_mnist
+            if study.dataset == fashion_mnist.NAME:
+                fashion_mnist.prepare_fashion_mnist(study.data_dir)
+            rates = probe(study, batch_sizes)
+            source = (f"measured here just now, wall clock, load average "
+                      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        else:
+            rates = builtin_rates()
+            source = (f"built-in: examples per CPU-second measured under load x "
+                      f"{QUIET_PARALLELISM} cores busy on a quiet 2-core machine")
+        print_plan(study, runs, rates, done, source)
+        return 0
+
+    _quiet_tensorflow()
+    from tf_sogclr import fashion_mnist
+    if study.dataset == fashion_mnist.NAME:
+        fashion_mnist.prepare_fashion_mnist(study.data_dir)
+    for method in CONTRASTIVE:  # bad flag values fail here, before any run
+        pretrain_config(study, Run(method, min(batch_sizes), 0), args.results_dir)
+    os.makedirs(args.results_dir, exist_ok=True)
+    command = "python bench/small_batch_study.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    todo = [r for r in runs if r not in done]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {jsonl}, {len(todo)} to go",
+          flush=True)
+    study_start = time.perf_counter()
+    for i, run in enumerate(todo, 1):
+        record = execute(study, run, args.results_dir)
+        append_record(jsonl, record)
+        records.append(record)
+        write_table(os.path.join(args.results_dir, TABLE), records, study, command)
+        write_plot(os.path.join(args.results_dir, PLOT), records, study)
+        print(f"[{i}/{len(todo)}] {run.name}: linear {100 * record['linear_top1']:.1f}  "
+              f"k-NN {100 * record['knn_top1']:.1f}  ({record['wall_s']:.0f} s, "
+              f"{(time.perf_counter() - study_start) / 60:.1f} min so far)", flush=True)
+    write_table(os.path.join(args.results_dir, TABLE), records, study, command)
+    write_plot(os.path.join(args.results_dir, PLOT), records, study)
+    print(f"Table: {os.path.join(args.results_dir, TABLE)}\n"
+          f"Plot: {os.path.join(args.results_dir, PLOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

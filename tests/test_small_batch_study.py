@@ -1,0 +1,137 @@
+"""bench/small_batch_study.py: --quick end to end on the 128-example slice, resume, plan, table."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "bench", "small_batch_study.py")
+# --quick, shrunk to the fixture's 128 examples per split.
+QUICK = ["--quick", "--train_subset=128", "--test_subset=128"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def study(*args, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def module():
+    spec = importlib.util.spec_from_file_location("small_batch_study", SCRIPT)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(loaded)
+    yield loaded
+    sys.modules.pop(spec.name, None)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, tmp_path):
+    results = tmp_path / "results"
+    args = [f"--results_dir={results}", f"--data_dir={small_fashion_mnist}", *QUICK]
+    done = study(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    records = read_jsonl(results / "runs.jsonl")
+    assert sorted((r["method"], r["batch_size"], r["seed"]) for r in records) == [
+        ("random", 0, 0), ("simclr", 32, 0), ("simclr", 64, 0), ("sogclr", 32, 0),
+        ("sogclr", 64, 0), ("supervised", 128, 0)]
+    for r in records:
+        for key in ("linear_top1", "knn_top1", "linear_train_top1"):
+            assert 0.0 <= r[key] <= 1.0, (r["method"], key)
+        assert r["wall_s"] > 0 and r["eval_s"] > 0
+        if r["method"] == "random":
+            assert r["epochs"] == 0 and r["steps"] == 0 and r["examples_per_s"] is None
+        else:
+            assert r["epochs"] == 1 and r["examples_per_s"] > 0
+            assert r["steps"] == 128 // r["batch_size"]
+        if r["method"] in ("simclr", "sogclr"):
+            assert r["final_logs"]["bad_steps"] == 0
+            assert r["config"]["temperature"] == 0.1 and r["config"]["train_subset"] == 128
+        assert ("gamma" in r["config"]) == (r["method"] == "sogclr")
+    assert 0.0 <= next(r for r in records if r["method"] == "supervised")["head_top1"] <= 1.0
+    # Checkpoints are dropped, TensorBoard scalars kept.
+    run_dir = results / "runs" / "sogclr_b32_s0"
+    assert (run_dir / "train").is_dir() and not list(run_dir.glob("ckpt-*"))
+
+    table = (results / "results.md").read_text()
+    for row in ("| simclr | 32 | 1 |", "| sogclr | 64 | 1 |", "| random (reference) | — | 1 |",
+                "| supervised (reference) | 128 | 1 |", "Δ linear"):
+        assert row in table, row
+    assert (results / "small_batch.png").read_bytes()[:8] == PNG_MAGIC
+
+    # Re-running skips finished runs; a run missing from the file (here: dropped) runs again.
+    kept = [r for r in records if r["method"] != "random"]
+    with open(results / "runs.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    again = study(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 runs, 5 already in" in again.stdout and "1 to go" in again.stdout
+    assert "random_b0_s0" in again.stdout and "sogclr_b32_s0" not in again.stdout
+    after = read_jsonl(results / "runs.jsonl")
+    assert after[:5] == kept and after[5]["method"] == "random" and len(after) == 6
+
+
+def test_plan_fits_the_budget_and_writes_nothing(tmp_path):
+    results = tmp_path / "results"
+    done = study(f"--results_dir={results}", "--plan", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Runs (24, 0 already done)" in done.stdout
+    for name in ("simclr_b32_s0", "sogclr_b512_s2", "supervised_b128_s2", "random_b0_s2"):
+        assert name in done.stdout
+    whole = float(done.stdout.split("whole study ")[1].split(" min")[0])
+    assert whole <= 0.8 * 60
+    assert not results.exists()
+
+
+def test_run_list_order_and_seeds(module):
+    runs = module.run_list([32, 64, 512], [0, 1, 2], [64, 512], module.METHODS)
+    names = [r.name for r in runs]
+    assert names[:3] == ["random_b0_s0", "random_b0_s1", "random_b0_s2"]
+    assert names[3:9] == ["simclr_b32_s0", "sogclr_b32_s0", "simclr_b64_s0", "sogclr_b64_s0",
+                          "simclr_b512_s0", "sogclr_b512_s0"]
+    assert names[9] == "supervised_b128_s0"
+    assert sum(r.method == "simclr" and r.batch_size == 512 for r in runs) == 3
+    assert sum(r.batch_size == 32 for r in runs) == 2
+    assert len(set(names)) == len(names) == 3 + 6 + 1 + 8 + 2
+    only = module.run_list([64], [0], [], ["sogclr"])
+    assert [r.name for r in only] == ["sogclr_b64_s0"]
+
+
+def test_table_and_plot_summarise_seeds_of_the_current_configuration(module, tmp_path):
+    study_cfg = module.Study(train_subset=1000, epochs=2)
+
+    def record(method, batch, seed, linear, knn, cfg=study_cfg):
+        return {"method": method, "batch_size": batch, "seed": seed, "epochs": 2,
+                "linear_top1": linear, "knn_top1": knn, "wall_s": 10.0,
+                "examples_per_s": None if method == "random" else 100.0,
+                "config_id": cfg.config_id(method)}
+
+    other = module.Study(train_subset=1000, epochs=2, gamma=0.5)
+    records = [record("sogclr", 64, s, v, v - 0.1) for s, v in enumerate((0.70, 0.72, 0.74))]
+    records += [record("simclr", 64, 0, 0.65, 0.60), record("random", 0, 0, 0.30, 0.25),
+                record("sogclr", 64, 9, 0.10, 0.10, cfg=other)]
+    assert study_cfg.config_id("simclr") == other.config_id("simclr")
+    assert study_cfg.config_id("sogclr") != other.config_id("sogclr")
+
+    table_path, plot_path = str(tmp_path / "t.md"), str(tmp_path / "p.png")
+    module.write_table(table_path, records, study_cfg, "python bench/small_batch_study.py")
+    table = open(table_path).read()
+    assert "| sogclr | 64 | 3 | 72.0 ± 2.0 | 62.0 ± 2.0 | 100 | 10 |" in table
+    assert "| simclr | 64 | 1 | 65.0 | 60.0 |" in table
+    assert "| 64 | 65.0 | 72.0 ± 2.0 | +7.0 | 60.0 | 62.0 ± 2.0 | +2.0 |" in table
+    assert "1 records of other configurations" in table
+    module.write_plot(plot_path, records, study_cfg)
+    assert open(plot_path, "rb").read(8) == PNG_MAGIC
+    done = module.done_runs(records, study_cfg)
+    assert module.Run("sogclr", 64, 2) in done and module.Run("sogclr", 64, 9) not in done
