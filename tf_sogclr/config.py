@@ -12,6 +12,9 @@ from tf_sogclr import losses, model, optim, resnet
 LOSSES = ("sogclr", "simclr")
 TRAIN_MODES = ("pretrain", "finetune")
 MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
+# What pretraining does after a step with a non-finite loss term, projection or gradient (the
+# update of that step is never applied): stop with an error, or go on.
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def _fail(flag, accepted, value):
@@ -160,6 +163,7 @@ class RunConfig:
     jit_compile: bool = False
     mixed_precision: str = "none"
     seed: int | None = None
+    nonfinite_policy: str = "stop"
 
     def validate(self):
         if not self.model_dir:
@@ -175,6 +179,7 @@ class RunConfig:
         _positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
         _positive_int("steps_per_execution", self.steps_per_execution)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
         if self.seed is not None:
             _positive_int("seed", self.seed, allow_zero=True)
         return self

@@ -10,6 +10,13 @@ Pipelines read encoded images and decode them explicitly (`decode_image` with th
 channel count), batch uint8 images, and augment whole batches (`tf_sogclr.augment`). Datasets
 whose images vary in size (ImageNet) are cropped to image_size per example before batching.
 
+Bad data fails loudly, naming the dataset and split: an empty split, or a split without labels
+where labels are needed, before anything is read (`check_not_empty`, `check_labels`); bytes
+that are no image, or an image whose size differs from a fixed-size dataset's image feature,
+at the batch that holds it (an assertion in the decoder, with the example's tfds_id). Images
+are decoded to the dataset's channel count: a grayscale image in an RGB dataset (ImageNet has
+some) becomes RGB, as TFDS decodes it. A dataset without a 'label' feature reads label -1.
+
 Seeds: `seed` fixes file order, shuffling and augmentation (a batch's augmentation seed derives
 from (seed, host, batch number), never from timing); bit-identical runs also need
 deterministic=True, which keeps element order under parallel reads and maps.
@@ -48,7 +55,7 @@ class DatasetInfo:
     base_split: str  # the underlying split ("train")
     num_examples: int  # examples in the full base split: the u-table size; indices lie below it
     num_split_examples: int  # examples the requested (possibly sliced) split yields per epoch
-    num_classes: int
+    num_classes: int | None  # None: the dataset has no 'label' feature
     image_shape: tuple  # (height, width, channels); height/width None when sizes vary
     shard_lengths: tuple  # examples per shard file of the base split, in shard order
 
@@ -92,7 +99,8 @@ def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetIn
     """Reads a TFDS split's metadata (no examples): sizes, classes, image shape, shards.
 
     Raises ValueError for an unknown or unprepared dataset, an unknown split (listing those
-    that exist), a split union ("train+test"), or a dataset without 'image'/'label' features.
+    that exist), a split union ("train+test"), or a dataset without an 'image' feature. A
+    dataset without a ClassLabel 'label' feature gets `num_classes=None`.
     """
     builder = _builder(dataset, data_dir)
     splits = sorted(builder.info.splits.keys())
@@ -116,11 +124,14 @@ def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetIn
     names = list(features.keys()) if isinstance(features, tfds.features.FeaturesDict) else []
     image = features[IMAGE_KEY] if IMAGE_KEY in names else None
     label = features[LABEL_KEY] if LABEL_KEY in names else None
-    if not (isinstance(image, tfds.features.Image)
-            and isinstance(label, tfds.features.ClassLabel)):
+    if not isinstance(image, tfds.features.Image):
         raise ValueError(
-            f"dataset={dataset!r} needs an Image feature {IMAGE_KEY!r} and a ClassLabel feature "
-            f"{LABEL_KEY!r}; its features are {names}")
+            f"dataset={dataset!r} needs an Image feature {IMAGE_KEY!r} (and, for linear "
+            f"evaluation, k-NN and fine-tuning, a ClassLabel feature {LABEL_KEY!r}); its "
+            f"features are {names}")
+    if label is not None and not isinstance(label, tfds.features.ClassLabel):
+        raise ValueError(f"dataset={dataset!r}: feature {LABEL_KEY!r} must be a ClassLabel, "
+                         f"got {type(label).__name__}")
     if image.shape[-1] not in (1, 3):
         raise ValueError(f"dataset={dataset!r} has {image.shape[-1]}-channel images; "
                          "supported: 1 (grayscale) or 3 (RGB)")
@@ -142,7 +153,7 @@ def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetIn
         base_split=base_split,
         num_examples=int(base.num_examples),
         num_split_examples=int(num_split_examples),
-        num_classes=int(label.num_classes),
+        num_classes=None if label is None else int(label.num_classes),
         image_shape=tuple(image.shape),
         shard_lengths=shard_lengths,
     )
@@ -179,6 +190,58 @@ def tfds_id_to_index(tfds_ids: tf.Tensor, shard_lengths) -> tf.Tensor:
         ["tfds_id offset past the end of its shard:", tfds_ids], summarize=4)
     with tf.control_dependencies([past_end]):
         return tf.cast(tf.gather(starts, shard) + offset, tf.int32)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_not_empty(info: DatasetInfo) -> None:
+    """Raises ValueError if the (possibly sliced) split yields no examples."""
+    if info.num_split_examples == 0:
+        raise ValueError(f"split {info.split!r} of dataset {info.name!r} is empty (0 examples; "
+                         f"the full split {info.base_split!r} has {info.num_examples}).")
+
+
+def check_labels(info: DatasetInfo, needed_for: str) -> None:
+    """Raises ValueError if the dataset has no labels; `needed_for` says what needs them."""
+    if info.num_classes is None:
+        raise ValueError(f"{needed_for} needs labels, but dataset {info.name!r} (split "
+                         f"{info.split!r}) has no ClassLabel feature {LABEL_KEY!r}.")
+
+
+_IMAGE_HEADERS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
+
+
+def _looks_like_image(encoded: tf.Tensor) -> tf.Tensor:
+    """True when `encoded` starts like a format `tf.io.decode_image` reads (WebP included)."""
+    head = tf.strings.join([tf.strings.substr(encoded, 0, 12), b"\x00" * 12])  # >= 12 bytes
+    ok = tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
+                        tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
+    for header in _IMAGE_HEADERS:
+        ok = tf.logical_or(ok, tf.equal(tf.strings.substr(head, 0, len(header)), header))
+    return ok
+
+
+def _decode_checked(info: DatasetInfo, encoded: tf.Tensor, tfds_id: tf.Tensor) -> tf.Tensor:
+    """Decodes one image to `info.channels` channels (a grayscale image in an RGB dataset is
+    converted, as TFDS does: ImageNet holds some); fails naming dataset, split and example for
+    bytes that are no image, or an image of another size than a fixed-size dataset's."""
+    where = f"dataset {info.name} split {info.split}: example"  # Assert escapes quotes.
+    readable = tf.debugging.Assert(_looks_like_image(encoded), [
+        where, tfds_id, "is not a decodable image (no JPEG, PNG, GIF, BMP or WebP header)"],
+        summarize=1)
+    with tf.control_dependencies([readable]):
+        image = tf.io.decode_image(encoded, channels=info.channels, dtype=tf.uint8,
+                                   expand_animations=False)
+    if info.fixed_size:
+        size = tf.shape(image)[:2]
+        fits = tf.debugging.Assert(tf.reduce_all(tf.equal(size, info.image_shape[:2])), [
+            where, tfds_id, "has an image of (height, width)", size,
+            f"but the image feature of the dataset is {tuple(info.image_shape[:2])}"],
+            summarize=2)
+        with tf.control_dependencies([fits]):
+            image = tf.identity(image)
+    return tf.ensure_shape(image, info.image_shape)
 
 
 # --------------------------------------------------------------------------- reading
@@ -224,11 +287,10 @@ def _read(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | None,
     )
 
     def decode(example):
-        image = tf.io.decode_image(
-            example[IMAGE_KEY], channels=info.channels, dtype=tf.uint8, expand_animations=False)
-        image = tf.ensure_shape(image, info.image_shape)
-        return {IMAGE_KEY: image, LABEL_KEY: tf.cast(example[LABEL_KEY], tf.int64),
-                "tfds_id": example["tfds_id"]}
+        image = _decode_checked(info, example[IMAGE_KEY], example["tfds_id"])
+        label = (tf.cast(example[LABEL_KEY], tf.int64) if info.num_classes is not None
+                 else tf.constant(-1, tf.int64))
+        return {IMAGE_KEY: image, LABEL_KEY: label, "tfds_id": example["tfds_id"]}
 
     return ds.map(decode, num_parallel_calls=AUTOTUNE)
 
@@ -347,6 +409,7 @@ def pretrain_dataset(
     hosts); shuffled, repeated `num_epochs` times (None: forever), drop_remainder=True.
     """
     info = describe(dataset, split, data_dir)
+    check_not_empty(info)
     if augmenter.channels != _check_channels(info, channels):
         raise ValueError(f"augmenter.channels={augmenter.channels} but {info.name} has "
                          f"{info.channels}-channel images")
@@ -392,6 +455,7 @@ def eval_dataset(
     last num_split_examples % b examples, as SimCLR's TPU eval does.
     """
     info = describe(dataset, split, data_dir)
+    check_not_empty(info)
     _check_channels(info, channels)
     batch_size = _batch_size(global_batch_size, input_context)
     ds = _read(info, data_dir, shuffle_files=False, seed=None, input_context=input_context)
@@ -426,6 +490,8 @@ def finetune_dataset(
     one epoch per iteration by default, so `fit(epochs=...)` counts epochs.
     """
     info = describe(dataset, split, data_dir)
+    check_not_empty(info)
+    check_labels(info, "Fine-tuning")
     augmenter = augment.SimCLRAugment(
         image_size=image_size, channels=_check_channels(info, channels),
         crop_area_min=crop_area_min, color_distort=False)

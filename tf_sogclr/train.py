@@ -9,16 +9,38 @@ trip per `steps_per_execution` steps, on every strategy. What XLA can compile:
 * MirroredStrategy / MultiWorkerMirroredStrategy on CPU or GPU: not with `jit_compile`;
   a compiled replica function may not hold the collectives (synchronisation boundary) nor
   touch a variable on another replica's device, so those run as plain graphs.
+
+Reliability (the README's "Failures and what happens" lists every case):
+
+* checkpoints are written by `AtomicCheckpointManager`: a kill at any moment leaves either the
+  previous checkpoints or the new one complete, never one that a later run takes for complete;
+  a run resumes from the newest complete checkpoint in model_dir;
+* SIGTERM (preemption) makes `pretrain` save at the next execution boundary (at most
+  `steps_per_execution` steps later) and return with `preempted=True`; with several workers,
+  they agree on the step first;
+* a step with a non-finite loss term, projection or gradient is never applied
+  (`model.SogCLRModel`); `nonfinite_policy` "stop" raises `FloatingPointError` naming the step,
+  the terms and the last good checkpoint, "skip" logs a warning and goes on;
+* bad data (empty split, missing labels, a u-table or image channels that do not match a
+  checkpoint, undecodable images, indices outside the table) raises `ValueError` naming the
+  dataset and split, before the first step or at the batch that holds the bad example.
 """
 
 import dataclasses
+import logging
 import os
+import re
+import signal
+import threading
+import uuid
 
 import keras
 import tensorflow as tf
 
 from tf_sogclr import augment, data, distribute, knn, losses, optim, resnet
 from tf_sogclr import model as model_lib
+
+logger = logging.getLogger(__name__)
 
 
 def _is_tpu_strategy(strategy):
@@ -35,25 +57,52 @@ def check_jit_compile(strategy, jit_compile):
             "or a TPU.")
 
 
-def train_loop_function(model, strategy, jit_compile=False):
+def train_loop_function(model, strategy, jit_compile=False, diagnostics=False):
     """A `tf.function(iterator, num_steps) -> logs` running `num_steps` train steps.
 
     `iterator` yields (distributed) batches for `model.train_step`; `num_steps` is an int32
     scalar tensor, so a shorter last execution reuses the same trace. Logs are read in
-    cross-replica context, i.e. aggregated over replicas.
+    cross-replica context, i.e. aggregated over replicas. With `diagnostics=True` (models with
+    `train_step_with_diagnostics`) it returns `(logs, report)`: "first_bad_step" (int32,
+    offset in this execution of the first skipped step, -1 if none), "skipped" (count),
+    "nonfinite_terms" (`[T]` 0/1 per `model_lib.NONFINITE_TERMS`, over the execution) and
+    "index_out_of_range" (0/1).
     """
     check_jit_compile(strategy, jit_compile)
-    step = model.train_step
+    step = model.train_step_with_diagnostics if diagnostics else model.train_step
     if jit_compile and not _is_tpu_strategy(strategy):
         step = tf.function(step, jit_compile=True)
 
-    @tf.function
-    def train_loop(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            strategy.run(step, args=(next(iterator),))
-        return model.training_logs()
+    if not diagnostics:
+        @tf.function
+        def train_loop(iterator, num_steps):
+            for _ in tf.range(num_steps):
+                strategy.run(step, args=(next(iterator),))
+            return model.training_logs()
 
-    return train_loop
+        return train_loop
+
+    def first_replica(value):
+        return strategy.experimental_local_results(value)[0]  # Identical on every replica.
+
+    @tf.function
+    def train_loop_with_report(iterator, num_steps):
+        first_bad = tf.constant(-1, tf.int32)
+        skipped = tf.constant(0.0)
+        terms = tf.zeros([len(model_lib.NONFINITE_TERMS)])
+        index_bad = tf.constant(0.0)
+        for i in tf.range(num_steps):
+            _, report = strategy.run(step, args=(next(iterator),))
+            report = tf.nest.map_structure(first_replica, report)
+            bad = report["skipped"] > 0.0
+            first_bad = tf.where(tf.logical_and(first_bad < 0, bad), i, first_bad)
+            skipped += report["skipped"]
+            terms = tf.maximum(terms, report["nonfinite_terms"])
+            index_bad = tf.maximum(index_bad, report["index_out_of_range"])
+        return model.training_logs(), {"first_bad_step": first_bad, "skipped": skipped,
+                                       "nonfinite_terms": terms, "index_out_of_range": index_bad}
+
+    return train_loop_with_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +139,7 @@ def check_against_data(cfg, info, strategy):
     """Checks that need the dataset's metadata and the strategy (cheap; before any build)."""
     run = cfg.run
     replicas = strategy.num_replicas_in_sync
+    data.check_not_empty(info)
     if run.train_batch_size % replicas:
         raise ValueError(
             f"--train_batch_size={run.train_batch_size} must be divisible by the "
@@ -101,8 +151,8 @@ def check_against_data(cfg, info, strategy):
     if run.train_batch_size < 2 * replicas:
         raise ValueError(f"--train_batch_size must be >= {2 * replicas} (2 per replica): "
                          "a contrastive batch needs negatives.")
-    if cfg.run.lineareval_while_pretraining and info.num_classes is None:
-        raise ValueError(f"--lineareval_while_pretraining needs labels; {info.name} has none.")
+    if cfg.run.lineareval_while_pretraining:
+        data.check_labels(info, "--lineareval_while_pretraining")
     check_jit_compile(strategy, run.jit_compile)
 
 
@@ -144,10 +194,200 @@ def build_model(cfg, info, num_replicas):
     return model
 
 
-def checkpoint_manager(model, directory, max_to_keep):
-    """A CheckpointManager over model (weights, u-tables, gamma) and optimiser (slots, step)."""
+CHECKPOINT_PREFIX = "ckpt"
+_STAGING = ".staging-"
+_CHECKPOINT_NAME = re.compile(r"^" + CHECKPOINT_PREFIX + r"-(\d+)\.index$")
+_DATA_SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
+
+
+def is_complete_checkpoint(prefix):
+    """True when checkpoint `prefix` has a readable index and every data shard it names."""
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return False
+    try:
+        tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError):
+        return False  # e.g. an index cut short by a kill (older writers wrote it in place)
+    shards = [_DATA_SHARD.search(path) for path in tf.io.gfile.glob(prefix + ".data-*")]
+    found = {(int(m.group(1)), int(m.group(2))) for m in shards if m}
+    totals = {total for _, total in found}
+    return len(totals) == 1 and {shard for shard, _ in found} == set(range(totals.pop()))
+
+
+def complete_checkpoints(directory):
+    """Prefixes of the complete `ckpt-<step>` checkpoints in `directory`, oldest first."""
+    if not directory or not tf.io.gfile.isdir(directory):
+        return []
+    steps = sorted(int(m.group(1)) for m in map(_CHECKPOINT_NAME.match,
+                                                 tf.io.gfile.listdir(directory)) if m)
+    prefixes = [_join(directory, f"{CHECKPOINT_PREFIX}-{step}") for step in steps]
+    return [prefix for prefix in prefixes if is_complete_checkpoint(prefix)]
+
+
+def _join(*parts):
+    return "/".join(p.rstrip("/") for p in parts)
+
+
+class AtomicCheckpointManager:
+    """Numbered checkpoints `<directory>/ckpt-<step>`; a kill at any moment loses no complete one.
+
+    `save` writes the checkpoint into a hidden staging directory, moves its data shards into
+    place, then its index (the commit: on POSIX and object stores the index appears whole or
+    not at all), then rewrites the `checkpoint` state file (write + rename) that
+    `tf.train.latest_checkpoint` reads, then deletes checkpoints beyond `max_to_keep` (index
+    first). `latest_checkpoint` is the newest *complete* checkpoint found in the directory,
+    whatever the state file says. With `clean=True` (the one writer of the directory) the
+    debris of killed saves (staging directories, data shards without an index) is removed.
+    Interface of `tf.train.CheckpointManager` as used here: `checkpoint`, `directory`,
+    `latest_checkpoint`, `checkpoints`, `save(checkpoint_number)`.
+    """
+
+    def __init__(self, checkpoint, directory, max_to_keep=5, clean=True):
+        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be an integer >= 1, got {max_to_keep!r}.")
+        self.checkpoint = checkpoint
+        self.directory = str(directory)
+        self.max_to_keep = max_to_keep
+        if clean:
+            self._remove_debris()
+
+    @property
+    def checkpoints(self):
+        """Complete checkpoints, oldest first."""
+        return complete_checkpoints(self.directory)
+
+    @property
+    def latest_checkpoint(self):
+        """The newest complete checkpoint, or None."""
+        found = self.checkpoints
+        return found[-1] if found else None
+
+    def save(self, checkpoint_number):
+        """Writes `ckpt-<checkpoint_number>` atomically; returns its prefix."""
+        number = int(checkpoint_number)
+        prefix = _join(self.directory, f"{CHECKPOINT_PREFIX}-{number}")
+        staging = _join(self.directory, f"{_STAGING}{CHECKPOINT_PREFIX}-{number}-"
+                                        f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tf.io.gfile.makedirs(staging)
+        # `restore` creates `save_counter`; creating it now puts it in the checkpoint too, so
+        # restores match every object (as checkpoints of tf.train.CheckpointManager do).
+        getattr(self.checkpoint, "save_counter", None)
+        staged = self.checkpoint.write(_join(staging, CHECKPOINT_PREFIX))
+        # An older checkpoint of the same number is uncommitted before its shards are replaced.
+        self._delete(prefix)
+        for shard in tf.io.gfile.glob(staged + ".data-*"):
+            tf.io.gfile.rename(shard, prefix + shard[len(staged):], overwrite=True)
+        tf.io.gfile.rename(staged + ".index", prefix + ".index", overwrite=True)  # The commit.
+        tf.io.gfile.rmtree(staging)
+        kept = self.checkpoints
+        for old in kept[:-self.max_to_keep]:
+            self._delete(old)
+        self._write_state(prefix, kept[-self.max_to_keep:])
+        return prefix
+
+    def _write_state(self, latest, kept):
+        names = [os.path.basename(p) for p in kept]
+        lines = [f'model_checkpoint_path: "{os.path.basename(latest)}"']
+        lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
+        state = _join(self.directory, "checkpoint")
+        tmp = f"{state}.tmp-{uuid.uuid4().hex[:8]}"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        tf.io.gfile.rename(tmp, state, overwrite=True)
+
+    def _repair_state(self):
+        """Points the state file at the newest complete checkpoint (a kill may have come
+        between a commit and the state update)."""
+        kept = self.checkpoints
+        if kept and tf.train.latest_checkpoint(self.directory) != kept[-1]:
+            self._write_state(kept[-1], kept[-self.max_to_keep:])
+
+    def _delete(self, prefix):
+        for path in [prefix + ".index"] + tf.io.gfile.glob(prefix + ".data-*"):
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.remove(path)
+
+    def _remove_debris(self):
+        if not tf.io.gfile.isdir(self.directory):
+            return
+        for name in tf.io.gfile.listdir(self.directory):
+            name = name.rstrip("/")
+            path = _join(self.directory, name)
+            if name.startswith(_STAGING) or (name.startswith(CHECKPOINT_PREFIX + "-")
+                                             and name.endswith("_temp")):
+                tf.io.gfile.rmtree(path)  # A save killed while writing its shards.
+            elif name.startswith("checkpoint.tmp"):
+                tf.io.gfile.remove(path)
+            elif name.startswith(CHECKPOINT_PREFIX + "-") and ".data-" in name:
+                prefix = path[:path.index(".data-")]
+                if not tf.io.gfile.exists(prefix + ".index") and tf.io.gfile.exists(path):
+                    tf.io.gfile.remove(path)  # Shards of a save killed before its commit.
+            elif _CHECKPOINT_NAME.match(name) and not is_complete_checkpoint(path[:-6]):
+                self._delete(path[:-6])  # An unreadable index (written in place by others).
+        self._repair_state()
+
+
+def checkpoint_manager(model, directory, max_to_keep, clean=True):
+    """`AtomicCheckpointManager` of model (weights, u-tables, gamma) and optimiser (slots, step)."""
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+    return AtomicCheckpointManager(checkpoint, directory, max_to_keep=max_to_keep, clean=clean)
+
+
+def _shape_of(shapes, suffix):
+    for key, shape in shapes.items():
+        if key.endswith(suffix):
+            return list(shape)
+    return None
+
+
+def check_checkpoint_fits(path, model, info):
+    """Raises ValueError naming `info`'s dataset and split if checkpoint `path` cannot restore
+    into `model`: a u-table of another size, images of other channels (grayscale / RGB)."""
+    shapes = dict(tf.train.list_variables(path))
+    where = f"dataset {info.name!r} split {info.split!r}"
+    table = _shape_of(shapes, "u_table/log_u/.ATTRIBUTES/VARIABLE_VALUE")
+    layer = model.loss_layer
+    if table is not None and getattr(layer, "num_examples", None) not in (None, table[0]):
+        raise ValueError(
+            f"Checkpoint {path} holds a u-table of {table[0]} rows, but {where} has "
+            f"{layer.num_examples} examples (indices up to {layer.num_examples - 1}): it was "
+            "trained on other data. Use another --model_dir, or the dataset it was trained on.")
+    stem = model.encoder.trainable_variables[0]  # The first convolution: [k, k, C, width].
+    saved = _shape_of(shapes, "_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE")
+    if saved is not None and len(saved) == 4 and len(stem.shape) == 4 and saved[2] != stem.shape[2]:
+        kinds = {1: "1-channel (grayscale)", 3: "3-channel (RGB)"}
+        raise ValueError(
+            f"Checkpoint {path} was trained on {kinds.get(saved[2], f'{saved[2]}-channel')} "
+            f"images, but {where} has {kinds.get(info.channels, info.channels)} images. Use "
+            "another --model_dir, or the dataset it was trained on.")
+
+
+def _restore(checkpoint, path, model, info, partial=False):
+    """Restores `path` into `checkpoint`, with clear errors when it does not fit the model."""
+    check_checkpoint_fits(path, model, info)
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status.expect_partial()
+        else:
+            status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(
+            f"Checkpoint {path} does not fit the model built for dataset {info.name!r} split "
+            f"{info.split!r} and these model flags (was it written with other flags?): "
+            f"{_first_line(error)}") from error
+
+
+def _first_line(error):
+    """The informative line of an error: for TF graph errors, the op's own message."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    skip = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
+    useful = [line for line in lines if not line.startswith(skip)] or lines or [""]
+    line = useful[0]
+    if "assertion failed:" in line:  # Drop tf.data's iterator path before the message.
+        line = line[line.index("assertion failed:"):]
+    return line[:600]
 
 
 def _worker_dir(model_dir, strategy):
@@ -167,14 +407,72 @@ class PretrainResult:
     checkpoint: str | None
     summary_dir: str
     model: keras.Model
+    preempted: bool = False  # stopped by SIGTERM after saving `checkpoint`; rerun to resume
 
 
-def pretrain(cfg, strategy=None, verbose=1):
+class SigtermWatch:
+    """While active, SIGTERM only sets `requested` (main thread only; else inactive).
+
+    The previous handler comes back on exit. Python runs the handler between bytecodes of
+    the main thread, i.e. once the running execution returns: the latency of a stop is one
+    execution (`steps_per_execution` steps) plus a checkpoint.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def _mean_over_replicas(strategy):
+    """With several workers: a function averaging a float64 vector over all replicas (a
+    collective every worker must call); None for single-process strategies."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+
+    @tf.function
+    def mean(vector):
+        per_replica = strategy.run(tf.identity, args=(vector,))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    return lambda values: mean(tf.constant(values, tf.float64)).numpy()
+
+
+def _data_error(error, info, first_step, last_step, num_examples):
+    """A ValueError naming the dataset and split for an error raised while running steps."""
+    detail = _first_line(error)
+    if "must be in [0, num_examples=" in detail:
+        what = (f"an example index lies outside the u-table ({num_examples} rows): the data "
+                "holds more examples than the table was built for")
+    else:
+        what = "reading, decoding or training on a batch failed"
+    return ValueError(f"dataset {info.name!r} split {info.split!r}, steps {first_step}-"
+                      f"{last_step}: {what}: {detail}")
+
+
+def pretrain(cfg, strategy=None, verbose=1, dataset_fn=None):
     """Pretrains (or resumes from the newest checkpoint in `cfg.run.model_dir`).
 
     Builds everything under the strategy scope, sets gamma per epoch, writes TensorBoard
     scalars to `model_dir/train` and checkpoints (model, optimiser, u-tables, step) every
-    checkpoint_epochs / checkpoint_steps and at the end. Returns a `PretrainResult`.
+    checkpoint_epochs / checkpoint_steps and at the end. Returns a `PretrainResult`; on SIGTERM
+    it saves at the next execution boundary and returns early with `preempted=True`.
+    `dataset_fn(input_context) -> tf.data.Dataset` of per-replica batches
+    `{"view1", "view2", "index", "label"}` replaces the TFDS pipeline (the split of `cfg.data`
+    still sizes the u-table and the epoch). Every worker restores from `cfg.run.model_dir`.
     """
     cfg.validate()
     strategy = strategy or tf.distribute.get_strategy()
@@ -188,67 +486,138 @@ def pretrain(cfg, strategy=None, verbose=1):
 
     with strategy.scope():
         model = build_model(cfg, info, strategy.num_replicas_in_sync)
+    chief = distribute.is_chief(strategy)
     out_dir = _worker_dir(cfg.run.model_dir, strategy)
-    manager = checkpoint_manager(model, out_dir, cfg.run.keep_checkpoint_max)
-    if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    manager = checkpoint_manager(model, out_dir, cfg.run.keep_checkpoint_max if chief else 1)
+    restored = latest_checkpoint(cfg.run.model_dir)  # The chief's, on every worker.
+    if restored:
+        _restore(manager.checkpoint, restored, model, info)
     step = int(model.optimizer.iterations.numpy())
+    agree = _mean_over_replicas(strategy)
+    if agree is not None:
+        mean_step, mean_square = agree([step, step * step])
+        if mean_square != mean_step * mean_step:
+            raise ValueError(
+                f"The workers restored different steps (this one {step}, mean {mean_step}): "
+                f"--model_dir={cfg.run.model_dir} must be storage all workers share.")
+    if restored:
+        logger.info("Resuming from %s (step %d).", restored, step)
+        if verbose:
+            print(f"Resuming from {restored} (step {step}).")
 
-    augmenter = augment.SimCLRAugment(
-        cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
-        color_jitter_strength=cfg.data.color_jitter_strength, use_blur=cfg.data.use_blur)
-    dataset = data.distributed_pretrain_dataset(
-        strategy, cfg.data.dataset, cfg.data.train_split, cfg.run.train_batch_size, augmenter,
-        data_dir=cfg.data.data_dir, shuffle_buffer=cfg.data.shuffle_buffer,
-        cache=cfg.data.cache_dataset, seed=cfg.run.seed, channels=info.channels)
+    if dataset_fn is None:
+        augmenter = augment.SimCLRAugment(
+            cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
+            color_jitter_strength=cfg.data.color_jitter_strength, use_blur=cfg.data.use_blur)
+        dataset = data.distributed_pretrain_dataset(
+            strategy, cfg.data.dataset, cfg.data.train_split, cfg.run.train_batch_size,
+            augmenter, data_dir=cfg.data.data_dir, shuffle_buffer=cfg.data.shuffle_buffer,
+            cache=cfg.data.cache_dataset, seed=cfg.run.seed, channels=info.channels)
+    else:
+        dataset = strategy.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dataset)
-    loop = train_loop_function(model, strategy, cfg.run.jit_compile)
+    loop = train_loop_function(model, strategy, cfg.run.jit_compile, diagnostics=True)
     summary_dir = os.path.join(out_dir, "train")
     writer = tf.summary.create_file_writer(summary_dir)
-    logs, progbar = {}, None
+    logs, progbar, saved_step = {}, None, step if restored else None
     log_names = [m.name for m in model.metrics] + ["learning_rate", "gamma"]
     num_epochs = -(-schedule.total_steps // schedule.steps_per_epoch)
-    while step < schedule.total_steps:
-        epoch, in_epoch = divmod(step, schedule.steps_per_epoch)
-        if progbar is None or in_epoch == 0:
-            model.loss_layer.set_epoch(epoch)
-            for metric in model.metrics:
-                metric.reset_state()
-            if verbose:
-                print(f"Epoch {epoch + 1}/{num_epochs}")
-            epoch_steps = min(schedule.steps_per_epoch,
-                              schedule.total_steps - epoch * schedule.steps_per_epoch)
-            progbar = keras.utils.Progbar(epoch_steps, verbose=verbose,
-                                          stateful_metrics=log_names)
-        stop = schedule.next_stop(step, cfg.run.steps_per_execution)
-        logs = {k: float(v) for k, v in loop(iterator, tf.constant(stop - step, tf.int32)).items()}
-        step = stop
-        if logs.get("bad_steps", 0) > 0:
-            raise FloatingPointError(
-                f"Non-finite loss or projections, or an index outside the u-table, at or before "
-                f"step {step} (logs: {logs}). The last good checkpoint is "
-                f"{manager.latest_checkpoint}.")
-        progbar.update(step - epoch * schedule.steps_per_epoch, values=list(logs.items()))
-        with writer.as_default(step=step):
-            for name, value in logs.items():
-                tf.summary.scalar(name, value)
-        if schedule.checkpoint_due(step):
-            manager.save(checkpoint_number=step)
-            if isinstance(model.loss_layer, losses.GlobalContrastiveLoss):
-                with writer.as_default(step=step):
-                    tf.summary.scalar("u_visited_fraction", model.loss_layer.visited_fraction())
-                    tf.summary.histogram("u_table", model.loss_layer.estimates())
+    num_examples = getattr(model.loss_layer, "num_examples", None)
+    with SigtermWatch() as sigterm:
+        while step < schedule.total_steps:
+            epoch, in_epoch = divmod(step, schedule.steps_per_epoch)
+            if progbar is None or in_epoch == 0:
+                model.loss_layer.set_epoch(epoch)
+                for metric in model.metrics:
+                    metric.reset_state()
+                if verbose:
+                    print(f"Epoch {epoch + 1}/{num_epochs}")
+                epoch_steps = min(schedule.steps_per_epoch,
+                                  schedule.total_steps - epoch * schedule.steps_per_epoch)
+                progbar = keras.utils.Progbar(epoch_steps, verbose=verbose,
+                                              stateful_metrics=log_names)
+            stop = schedule.next_stop(step, cfg.run.steps_per_execution)
+            try:
+                logs, report = loop(iterator, tf.constant(stop - step, tf.int32))
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+                    tf.errors.NotFoundError) as error:
+                writer.flush()
+                raise _data_error(error, info, step + 1, stop, num_examples) from error
+            logs = {k: float(v) for k, v in logs.items()}
+            try:
+                _check_report(report, cfg, info, step, stop, num_examples)
+            except (FloatingPointError, ValueError):
+                writer.flush()
+                raise
+            step = stop
+            progbar.update(step - epoch * schedule.steps_per_epoch, values=list(logs.items()))
+            with writer.as_default(step=step):
+                for name, value in logs.items():
+                    tf.summary.scalar(name, value)
+            if schedule.checkpoint_due(step):
+                manager.save(checkpoint_number=step)
+                saved_step = step
+                if isinstance(model.loss_layer, losses.GlobalContrastiveLoss):
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("u_visited_fraction",
+                                          model.loss_layer.visited_fraction())
+                        tf.summary.histogram("u_table", model.loss_layer.estimates())
+            stop_now = sigterm.requested
+            if agree is not None:  # Every worker stops at the same step, or none does.
+                stop_now = agree([float(stop_now)])[0] > 0
+            if stop_now and step < schedule.total_steps:
+                if saved_step != step:
+                    manager.save(checkpoint_number=step)
+                writer.flush()
+                logger.warning("SIGTERM: saved %s at step %d; run the same command again to "
+                               "resume.", manager.latest_checkpoint, step)
+                if verbose:
+                    print(f"\nPreempted (SIGTERM): saved the checkpoint of step {step}; run "
+                          "the same command again to resume.")
+                return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch,
+                                      logs=logs, checkpoint=latest_checkpoint(cfg.run.model_dir),
+                                      summary_dir=summary_dir, model=model, preempted=True)
     writer.flush()
     return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch, logs=logs,
-                          checkpoint=manager.latest_checkpoint, summary_dir=summary_dir,
-                          model=model)
+                          checkpoint=latest_checkpoint(cfg.run.model_dir),
+                          summary_dir=summary_dir, model=model)
+
+
+def _check_report(report, cfg, info, step, stop, num_examples):
+    """Raises or warns, per `cfg.run.nonfinite_policy`, about the steps an execution skipped."""
+    skipped = int(round(float(report["skipped"])))
+    if not skipped:
+        return
+    first = step + int(report["first_bad_step"]) + 1
+    if float(report["index_out_of_range"]) > 0:
+        raise ValueError(
+            f"dataset {info.name!r} split {info.split!r}, step {first}: an example index lies "
+            f"outside the u-table ({num_examples} rows): the data holds more examples than the "
+            "table was built for. The update was not applied.")
+    terms = [name for name, bad in zip(model_lib.NONFINITE_TERMS,
+                                       report["nonfinite_terms"].numpy()) if bad > 0]
+    message = (f"Non-finite {', '.join(terms)} at step {first} ({skipped} of steps "
+               f"{step + 1}-{stop} skipped: their updates were not applied, the u-table was "
+               "not written with non-finite values)")
+    if cfg.run.nonfinite_policy == "stop":
+        raise FloatingPointError(
+            f"{message}. Stopping (--nonfinite_policy=stop); no checkpoint was written after "
+            f"the bad step. The last good checkpoint is "
+            f"{latest_checkpoint(cfg.run.model_dir) or 'none (none written yet)'}; rerun to "
+            "resume from it, or use --nonfinite_policy=skip to go on past such steps.")
+    logger.warning("%s (--nonfinite_policy=skip).", message)
 
 
 def latest_checkpoint(path):
-    """The checkpoint prefix `path` names: itself, or the newest one in directory `path`."""
-    if path and tf.io.gfile.exists(path + ".index"):
-        return path
-    return tf.train.latest_checkpoint(path) if path and tf.io.gfile.isdir(path) else None
+    """The complete checkpoint `path` names: itself, or the newest complete one in directory
+    `path` (whatever its state file says); None if there is none."""
+    if not path:
+        return None
+    path = str(path)
+    if tf.io.gfile.exists(path + ".index"):
+        return path if is_complete_checkpoint(path) else None
+    found = complete_checkpoints(path)
+    return found[-1] if found else None
 
 
 def restore_model(cfg, checkpoint=None, strategy=None):
@@ -262,7 +631,8 @@ def restore_model(cfg, checkpoint=None, strategy=None):
     info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
     with strategy.scope():
         model = build_model(cfg, info, strategy.num_replicas_in_sync)
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(path).expect_partial()
+    _restore(tf.train.Checkpoint(model=model, optimizer=model.optimizer), path, model, info,
+             partial=True)
     return model, int(model.optimizer.iterations.numpy())
 
 
@@ -275,9 +645,12 @@ def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1
     defaults to the newest in `cfg.run.model_dir`. Writes scalars to `model_dir/eval`.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    model, step = restore_model(cfg, checkpoint, strategy)
     train_info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
     eval_info = data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
+    for info in (train_info, eval_info) if eval_knn else (eval_info,):
+        data.check_not_empty(info)
+        data.check_labels(info, "Evaluation (linear head, k-NN)")
+    model, step = restore_model(cfg, checkpoint, strategy)
 
     def eval_batches(split):
         dataset = data.eval_dataset(

@@ -1,0 +1,103 @@
+"""MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 against one process.
+
+Two subprocesses (tests/multi_worker_worker.py) form a cluster through TF_CONFIG on free
+ports found at run time and pretrain a tiny model for a few steps, one CPU replica each. Their
+weights and u-tables must agree with each other, and with this process pretraining the same
+global batches under MirroredStrategy over two logical CPUs. Every subprocess runs in its own
+process group, killed in a `finally` whatever happens; the whole test is bounded in time.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import multi_worker_worker as worker  # noqa: E402
+
+TIMEOUT_SECONDS = 300
+
+
+def free_ports(n):
+    """n distinct ports that were free a moment ago (bound to port 0, then released)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_workers(data_dir, model_dir, outputs, logs):
+    ports = free_ports(len(outputs))
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    processes = []
+    for index, (out, log) in enumerate(zip(outputs, logs)):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "multi_worker_worker.py"), data_dir,
+             str(model_dir), str(out)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return processes
+
+
+def stop(processes):
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def test_two_workers_agree_with_each_other_and_with_one_process(
+        small_fashion_mnist, tmp_path, mirrored_strategy):
+    from tf_sogclr import train
+
+    outputs = [tmp_path / f"worker_{i}.npz" for i in range(2)]
+    logs = [open(tmp_path / f"worker_{i}.log", "w") for i in range(2)]
+    processes = start_workers(small_fashion_mnist, tmp_path / "multi", outputs, logs)
+    try:
+        # Meanwhile, the single-process reference on the same global batches.
+        cfg = worker.tiny_config(small_fashion_mnist, tmp_path / "single")
+        result = train.pretrain(cfg, strategy=mirrored_strategy, verbose=0,
+                                dataset_fn=worker.dataset_fn(small_fashion_mnist))
+        worker.dump(result, tmp_path / "single.npz")
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"workers still running after {TIMEOUT_SECONDS} s")
+    finally:
+        stop(processes)
+        for log in logs:
+            log.close()
+    for i, process in enumerate(processes):
+        assert process.returncode == 0, (tmp_path / f"worker_{i}.log").read_text()[-3000:]
+
+    first, second = (np.load(out) for out in outputs)
+    single = np.load(tmp_path / "single.npz")
+    assert int(first["step"]) == int(second["step"]) == int(single["step"]) == worker.STEPS
+    names = sorted(single.files)
+    assert sorted(first.files) == sorted(second.files) == names and len(names) > 100
+    # The u-table: rows of all 3 global batches visited, the same values everywhere.
+    visited = first["u_table"] > np.finfo(np.float32).min
+    assert visited.sum() == worker.STEPS * worker.GLOBAL_BATCH
+    for name in names:
+        np.testing.assert_allclose(first[name], second[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"worker 0 vs worker 1: {name}")
+        np.testing.assert_allclose(first[name], single[name], rtol=1e-4, atol=1e-4,
+                                   err_msg=f"two workers vs one process: {name}")
+    # The chief wrote the final checkpoint into model_dir; the other worker into scratch.
+    assert train.latest_checkpoint(str(tmp_path / "multi")).endswith(f"ckpt-{worker.STEPS}")
+    assert os.path.isdir(tmp_path / "multi" / ".workers" / "worker_1")
