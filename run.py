@@ -6,7 +6,9 @@
 
 Every flag value is checked before TensorFlow builds anything; a bad one ends the process
 with exit status 2 and one line naming the flag and what it accepts, leaving model_dir as
-it was.
+it was. SIGTERM (preemption) during training saves a checkpoint at the next execution
+boundary, prints the summary and exits with status 143 (PREEMPTED_EXIT_STATUS): run the same
+command again to resume.
 """
 
 import json
@@ -22,6 +24,7 @@ from absl import logging  # noqa: E402
 import flags as _defined_flags  # noqa: E402,F401  (defines the flags)
 
 FLAGS = absl_flags.FLAGS
+PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM; TF's restartable code for GCE preemptions
 
 
 class UsageError(Exception):
@@ -73,7 +76,8 @@ def pretrain_config():
             checkpoint_epochs=FLAGS.checkpoint_epochs, checkpoint_steps=FLAGS.checkpoint_steps,
             keep_checkpoint_max=FLAGS.keep_checkpoint_max,
             steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
-            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed),
+            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
+            nonfinite_policy=FLAGS.nonfinite_policy),
     )
     try:
         return cfg.validate()
@@ -92,7 +96,10 @@ def prepare_data(cfg):
             raise UsageError(str(error)) from None
     try:
         train_info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
-        data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
+        eval_info = data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
+        if FLAGS.mode in ("eval", "train_then_eval"):  # Fail now, not after training.
+            data.check_not_empty(eval_info)
+            data.check_labels(eval_info, f"--mode={FLAGS.mode}")
     except ValueError as error:
         raise UsageError(str(error)) from None
     return train_info
@@ -172,6 +179,8 @@ def main(argv):
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
     cfg = pretrain_config()
+    if FLAGS.modality == "bimodal":
+        return run_bimodal(cfg)
     from tf_sogclr import distribute, train
 
     train_info = prepare_data(cfg)
@@ -190,6 +199,11 @@ def main(argv):
         summary.update(step=result.step, checkpoint=result.checkpoint,
                        tensorboard=os.path.dirname(result.summary_dir),
                        train={k: round(v, 4) for k, v in result.logs.items()})
+        if result.preempted:  # Saved; no export or evaluation of an unfinished run.
+            summary["preempted"] = True
+            print("Summary:")
+            print(json.dumps(summary, indent=2, sort_keys=True))
+            sys.exit(PREEMPTED_EXIT_STATUS)
         if distribute.is_chief(strategy):
             summary["export"] = export_encoder(result.model, cfg, result.step, train_info)
     if FLAGS.mode == "export":
@@ -200,6 +214,74 @@ def main(argv):
             cfg, checkpoint=FLAGS.checkpoint, eval_knn=FLAGS.eval_knn, knn_k=FLAGS.knn_k,
             knn_temperature=FLAGS.knn_temperature, eval_steps=FLAGS.eval_steps,
             strategy=strategy)
+    print("Summary:")
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def bimodal_config(cfg):
+    """The BimodalConfig the flags describe: `cfg`'s parts plus the text flags (validated)."""
+    import dataclasses
+
+    from tf_sogclr import bimodal
+
+    loss = cfg.loss if FLAGS["temperature"].present else dataclasses.replace(
+        cfg.loss, temperature=bimodal.DEFAULT_TEMPERATURE)
+    bimodal_cfg = bimodal.BimodalConfig(
+        data=cfg.data, model=cfg.model, loss=loss, optimizer=cfg.optimizer,
+        run=dataclasses.replace(cfg.run, lineareval_while_pretraining=False),
+        text=bimodal.TextConfig(
+            text_encoder=FLAGS.text_encoder, vocab_size=FLAGS.vocab_size,
+            max_text_length=FLAGS.max_text_length, text_width=FLAGS.text_width,
+            text_layers=FLAGS.text_layers, learnable_temperature=FLAGS.learnable_temperature,
+            temperature_rho=FLAGS.temperature_rho))
+    try:
+        return bimodal_cfg.validate()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def run_bimodal(cfg):
+    """--modality=bimodal: dual-encoder pretraining, zero-shot / recall evaluation, export."""
+    from tf_sogclr import bimodal, captions, distribute, fashion_mnist
+
+    cfg = bimodal_config(cfg)
+    if FLAGS.train_mode == "finetune":
+        raise UsageError("--train_mode=finetune is not available with --modality=bimodal; "
+                         "use --train_mode=pretrain.")
+    if cfg.data.dataset == fashion_mnist.NAME:
+        try:
+            fashion_mnist.prepare_fashion_mnist(cfg.data.data_dir)
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+    try:
+        train_info = captions.describe_pairs(cfg.data.dataset, cfg.data.train_split,
+                                             cfg.data.data_dir)
+        captions.describe_pairs(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    strategy = distribute.resolve_strategy(FLAGS.use_tpu, FLAGS.tpu_name, FLAGS.tpu_zone,
+                                           FLAGS.gcp_project)
+    check_run(cfg, train_info, strategy)
+
+    base = FLAGS.export_dir or os.path.join(cfg.run.model_dir, "saved_model")
+    shape = (cfg.data.image_size, cfg.data.image_size, train_info.channels)
+    summary = {"model_dir": cfg.run.model_dir, "modality": "bimodal"}
+    if FLAGS.mode in ("train", "train_then_eval"):
+        result = bimodal.pretrain_bimodal(cfg, strategy=strategy)
+        summary.update(step=result.step, checkpoint=result.checkpoint,
+                       tensorboard=os.path.dirname(result.summary_dir),
+                       train={k: round(v, 4) for k, v in result.logs.items()})
+        if distribute.is_chief(strategy):
+            summary["export"] = bimodal.export_dual_encoder_for_step(
+                result.model, base, result.step, shape, keep_max=FLAGS.keep_hub_module_max)
+    if FLAGS.mode == "export":
+        model, step = bimodal.restore_bimodal(cfg, FLAGS.checkpoint, strategy)
+        summary.update(step=step, export=bimodal.export_dual_encoder_for_step(
+            model, base, step, shape, keep_max=FLAGS.keep_hub_module_max))
+    if FLAGS.mode in ("eval", "train_then_eval"):
+        summary["eval"] = bimodal.evaluate_bimodal(cfg, checkpoint=FLAGS.checkpoint,
+                                                   eval_steps=FLAGS.eval_steps,
+                                                   strategy=strategy)
     print("Summary:")
     print(json.dumps(summary, indent=2, sort_keys=True))
 

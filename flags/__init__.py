@@ -4,4 +4,5 @@ Names follow the SimCLR TF2 codebase where a SimCLR user would look for them. De
 the offline default job: SogCLR pretraining on Fashion-MNIST (Debian's files) on CPU.
 """
 
-from flags import data, hardware, loss, model, modes, optimizer, state  # noqa: F401
+from flags import (  # noqa: F401
+    bimodal, data, hardware, loss, model, modes, optimizer, reliability, state)

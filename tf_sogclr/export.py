@@ -52,27 +52,42 @@ def export_saved_model(model, export_dir, image_shape, include_projection=True,
     _check_bool("include_projection", include_projection)
     _check_bool("include_logits", include_logits)
     _check_bool("overwrite", overwrite)
-    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-        raise ValueError("export_saved_model must be called in the cross-replica context, "
-                         "not inside strategy.run.")
-    if _non_empty_dir(export_dir) and not overwrite:
-        raise ValueError(f"export_dir {export_dir!r} exists and is not empty; pass "
-                         "overwrite=True to replace it.")
-    if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
-        raise ValueError(f"export_dir {export_dir!r} exists and is not a directory.")
-
+    _check_destination(export_dir, overwrite)
     module = _export_module(model, image_shape, include_projection, include_logits)
+    return save_atomically(module, export_dir, {
+        SERVING_SIGNATURE: getattr(module, SERVE_ENDPOINT).get_concrete_function()}, overwrite)
+
+
+def save_atomically(module, export_dir, signatures, overwrite=False):
+    """`tf.saved_model.save(module, ...)` to a `.tmp-` sibling, renamed to `export_dir`.
+
+    The write pattern of `export_saved_model`, for any trackable `module` with its own
+    `signatures` (dict name -> concrete function). Returns `export_dir`.
+    """
+    export_dir = _check_path("export_dir", export_dir)
+    _check_bool("overwrite", overwrite)
+    _check_destination(export_dir, overwrite)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_dir = f"{export_dir}{_TMP_MARKER}{token}"
     try:
-        tf.saved_model.save(module, tmp_dir, signatures={
-            SERVING_SIGNATURE: getattr(module, SERVE_ENDPOINT).get_concrete_function()})
+        tf.saved_model.save(module, tmp_dir, signatures=signatures)
     except BaseException:
         if tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
         raise
     _move_into_place(tmp_dir, export_dir, f"{export_dir}{_OLD_MARKER}{token}")
     return export_dir
+
+
+def _check_destination(export_dir, overwrite):
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        raise ValueError("exports must be written from the cross-replica context, "
+                         "not inside strategy.run.")
+    if _non_empty_dir(export_dir) and not overwrite:
+        raise ValueError(f"export_dir {export_dir!r} exists and is not empty; pass "
+                         "overwrite=True to replace it.")
+    if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
+        raise ValueError(f"export_dir {export_dir!r} exists and is not a directory.")
 
 
 def export_for_step(model, base_dir, step, image_shape, keep_max=5, include_projection=True,
@@ -89,9 +104,14 @@ def export_for_step(model, base_dir, step, image_shape, keep_max=5, include_proj
     path = export_saved_model(model, _join(base_dir, str(step)), image_shape,
                               include_projection=include_projection,
                               include_logits=include_logits, overwrite=overwrite)
+    remove_old_exports(base_dir, keep_max)
+    return path
+
+
+def remove_old_exports(base_dir, keep_max):
+    """Deletes the numeric subdirectories of `base_dir` beyond the newest `keep_max`."""
     for old_step in sorted(_numeric_subdirs(base_dir))[:-keep_max]:
         tf.io.gfile.rmtree(_join(base_dir, str(old_step)))
-    return path
 
 
 def latest_export(base_dir):
