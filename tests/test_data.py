@@ -129,7 +129,7 @@ def test_file_order_read_gives_indices_in_order(data_dir):
 def test_index_is_stable_across_file_shuffles_and_epochs(data_dir):
     reference = {i: (image, label) for i, image, label in _examples(data_dir)}
     orders = []
-    for seed in (1, 2):
+    for seed in (1, 2, 3, 4):
         ds = data.read_examples(NAME, "train", data_dir, shuffle_files=True, seed=seed)
         for _ in range(2):  # two epochs of the same dataset
             epoch = [(int(e["index"]), e["image"].tobytes(), int(e["label"]))
@@ -137,7 +137,8 @@ def test_index_is_stable_across_file_shuffles_and_epochs(data_dir):
             assert sorted(i for i, _, _ in epoch) == list(range(NUM_TRAIN))  # each once
             assert {i: (image, label) for i, image, label in epoch} == reference
             orders.append([i for i, _, _ in epoch])
-    assert orders[0] != orders[2]  # the seeds did shuffle the files differently
+    # The seeds did shuffle the files (3 shards have only 6 orders: two seeds may agree).
+    assert len({tuple(order) for order in orders}) > 1
 
 
 def test_sliced_split_keeps_full_split_indices(data_dir):

@@ -85,6 +85,8 @@ class UTable(keras.layers.Layer):
         has_duplicates = tf.reduce_any(tf.equal(sorted_index[1:], sorted_index[:-1]))
         log_u = tf.cond(has_duplicates, lambda: mean_over_duplicates(index, log_u),
                         lambda: log_u)  # Duplicates are rare: only then pay for merging.
+        # Finite but huge unnormalised projections could still overflow log u: never store it.
+        accept = tf.logical_and(accept, tf.reduce_all(tf.math.is_finite(log_u)))
         log_u = tf.where(accept, log_u, self.read(index))
         self.log_u.value.scatter_update(tf.IndexedSlices(log_u, index))
 
