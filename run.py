@@ -175,6 +175,15 @@ def export_encoder(model, cfg, step, train_info):
     return export.export_for_step(model, base, step, shape, keep_max=FLAGS.keep_hub_module_max)
 
 
+def exit_preempted(summary):
+    """After a SIGTERM save: prints the summary and exits with 143 (no export or evaluation
+    of an unfinished run; the same command resumes it)."""
+    summary["preempted"] = True
+    print("Summary:")
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    sys.exit(PREEMPTED_EXIT_STATUS)
+
+
 def main(argv):
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
@@ -199,11 +208,8 @@ def main(argv):
         summary.update(step=result.step, checkpoint=result.checkpoint,
                        tensorboard=os.path.dirname(result.summary_dir),
                        train={k: round(v, 4) for k, v in result.logs.items()})
-        if result.preempted:  # Saved; no export or evaluation of an unfinished run.
-            summary["preempted"] = True
-            print("Summary:")
-            print(json.dumps(summary, indent=2, sort_keys=True))
-            sys.exit(PREEMPTED_EXIT_STATUS)
+        if result.preempted:
+            exit_preempted(summary)
         if distribute.is_chief(strategy):
             summary["export"] = export_encoder(result.model, cfg, result.step, train_info)
     if FLAGS.mode == "export":
@@ -271,6 +277,8 @@ def run_bimodal(cfg):
         summary.update(step=result.step, checkpoint=result.checkpoint,
                        tensorboard=os.path.dirname(result.summary_dir),
                        train={k: round(v, 4) for k, v in result.logs.items()})
+        if result.preempted:
+            exit_preempted(summary)
         if distribute.is_chief(strategy):
             summary["export"] = bimodal.export_dual_encoder_for_step(
                 result.model, base, result.step, shape, keep_max=FLAGS.keep_hub_module_max)

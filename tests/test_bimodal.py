@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import bimodal, captions, config, losses, model as model_lib, optim, resnet
+from tf_sogclr import augment, bimodal, captions, config, losses, model as model_lib, optim
+from tf_sogclr import resnet, train
 from tf_sogclr import text as text_lib
 
 IMAGE_SHAPE = (8, 8, 1)
@@ -76,8 +79,6 @@ def replica_values(weight):
 
 
 def run_steps(model, strategy, batches):
-    from tf_sogclr import train
-
     loop = train.train_loop_function(model, strategy)
     dataset = tf.data.Dataset.from_tensor_slices(
         {k: tf.stack([b[k] for b in batches]) for k in batches[0]})
@@ -349,8 +350,9 @@ def test_caption_datasets_give_one_index_per_image(tmp_path):
     from tf_sogclr import augment
 
     augmenter = augment.SimCLRAugment(8, channels=3, color_distort=False)
+    # deterministic: else parallel maps may emit an element of the second epoch first.
     batch = next(iter(captions.pair_dataset(info, 10, tok, augmenter, data_dir=data_dir,
-                                            seed=0)))
+                                            seed=0, deterministic=True)))
     assert sorted(batch["index"].numpy()) == list(range(10))
     first = next(iter(captions.eval_pairs(info, 10, 8, data_dir=data_dir)))
     assert first["image"].shape == (10, 8, 8, 3)
@@ -386,6 +388,92 @@ def test_bad_configs_name_the_flag(small_fashion_mnist):
     with pytest.raises(ValueError, match="index must be in"):
         tiny_model("sogclr").loss_layer(tf.ones((2, 8)), tf.ones((2, 8)),
                                          tf.constant([0, NUM_EXAMPLES]))
+
+
+# --------------------------------------------------------------------------- reliability
+
+
+def tiny_bimodal_config(data_dir, model_dir, **run):
+    """ResNet-18 of width 1/16 on 8x8 images, an MLP text encoder, batch 16, checkpoints
+    every 2 steps."""
+    run = {"model_dir": str(model_dir), "train_batch_size": 16, "train_steps": 4,
+           "checkpoint_steps": 2, "steps_per_execution": 1, "seed": 1, **run}
+    return bimodal.BimodalConfig(
+        data=config.DataConfig(data_dir=data_dir, image_size=8),
+        model=config.ModelConfig(width_multiplier=0.0625, proj_out_dim=8),
+        optimizer=config.OptimizerConfig(learning_rate=0.1, warmup_epochs=0.0),
+        run=config.RunConfig(lineareval_while_pretraining=False, **run),
+        text=bimodal.TextConfig(text_encoder="mlp", text_width=16, vocab_size=64,
+                                max_text_length=8))
+
+
+def pair_batches(cfg, nan_batch=None, sigterm_batch=None):
+    """A `dataset_fn`: the caption pipeline, with a NaN image in batch `nan_batch` and a
+    SIGTERM to this process when batch `sigterm_batch` is made (both counted from 0)."""
+    info = captions.describe_pairs(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
+    tokenizer = bimodal.make_tokenizer(cfg, info)
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return np.int64(0)
+
+    def fn(context):
+        augmenter = augment.SimCLRAugment(8, channels=1, color_distort=False)
+        ds = captions.pair_dataset(info, 16, tokenizer, augmenter, data_dir=cfg.data.data_dir,
+                                   seed=0, input_context=context)
+
+        def mark(i, batch):
+            if nan_batch is not None:
+                first = tf.equal(tf.range(16), 0)[:, None, None, None]
+                batch["image"] = tf.where(tf.equal(i, nan_batch) & first, np.nan,
+                                          batch["image"])
+            if sigterm_batch is not None:
+                sent = tf.cond(tf.equal(i, sigterm_batch),
+                               lambda: tf.numpy_function(sigterm, [], tf.int64),
+                               lambda: tf.constant(0, tf.int64))
+                with tf.control_dependencies([sent]):
+                    batch["index"] = tf.identity(batch["index"])
+            return batch
+
+        return ds.enumerate().map(mark)
+    return fn
+
+
+def test_bimodal_pretraining_is_preempted_skips_or_stops_like_unimodal(small_fashion_mnist,
+                                                                        tmp_path, caplog):
+    # Shares `train.run_schedule` with unimodal pretraining (tests/test_reliability.py).
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # Never kill the test run.
+    try:
+        model_dir = tmp_path / "run"
+        cfg = tiny_bimodal_config(small_fashion_mnist, model_dir, train_steps=6)
+        preempted = bimodal.pretrain_bimodal(cfg, verbose=0,
+                                             dataset_fn=pair_batches(cfg, sigterm_batch=1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert preempted.preempted and 1 <= preempted.step < 6
+    assert preempted.checkpoint == str(model_dir / f"ckpt-{preempted.step}")
+
+    # Resumed with "skip": the first batch it reads has a NaN image, and is skipped.
+    skip = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, nonfinite_policy="skip"))
+    with caplog.at_level(logging.WARNING, logger="tf_sogclr.train"):
+        result = bimodal.pretrain_bimodal(skip, verbose=0,
+                                          dataset_fn=pair_batches(cfg, nan_batch=0))
+    assert "Non-finite embeddings, contrastive_loss" in caplog.text
+    assert f"at step {preempted.step + 1}" in caplog.text
+    assert not result.preempted and result.step == 6
+    assert result.logs["nonfinite_steps"] == 1 and np.isfinite(result.logs["contrastive_loss"])
+    for weight in result.model.weights:
+        assert np.all(np.isfinite(weight.numpy())), weight.path
+
+    # "stop" (the default): the bad step 3 is not applied nor checkpointed.
+    stop_dir = tmp_path / "stop"
+    cfg = tiny_bimodal_config(small_fashion_mnist, stop_dir)
+    with pytest.raises(FloatingPointError) as raised:
+        bimodal.pretrain_bimodal(cfg, verbose=0, dataset_fn=pair_batches(cfg, nan_batch=2))
+    for part in ("Non-finite embeddings", "at step 3",
+                 f"The last good checkpoint is {stop_dir / 'ckpt-2'}"):
+        assert part in str(raised.value)
+    assert train.latest_checkpoint(str(stop_dir)) == str(stop_dir / "ckpt-2")
 
 
 # --------------------------------------------------------------------------- run.py

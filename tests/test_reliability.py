@@ -523,7 +523,7 @@ def test_an_index_outside_the_table_names_dataset_and_split(small_fashion_mnist)
               "index_out_of_range": tf.constant(1.0), "nonfinite_terms": tf.zeros([5])}
     with pytest.raises(ValueError, match=r"dataset 'fashion_mnist_debian' split 'train', step 7:"
                                          r" an example index lies outside the u-table \(128 rows"):
-        train._check_report(report, cfg, info, 6, 8, 128)
+        train._check_report(report, model_lib.NONFINITE_TERMS, cfg, info, 6, 8, 128)
     error = tf.errors.InvalidArgumentError(None, None, "assertion failed: [index must be in "
                                                        "[0, num_examples=128)] [[node x]]")
     assert "lies outside the u-table (128 rows)" in str(train._data_error(error, info, 1, 2, 128))

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sogclr import augment, captions, config, distribute, export, losses, optim, resnet
+from tf_sogclr import step_guard
 from tf_sogclr import model as model_lib
 from tf_sogclr import text as text_lib
 from tf_sogclr import train
@@ -188,6 +189,9 @@ def _temperature_logit(temperature):
 class DualEncoderModel(keras.Model):
     """Image and text encoders with projection heads into one space, trained contrastively.
 
+    A step with a non-finite term of `NONFINITE_TERMS` (or an index outside the u-tables) is
+    not applied, as in `model.SogCLRModel`.
+
     Args:
       image_encoder: images `[b, H, W, C]` in [0, 1] -> features `[b, f]` (a ResNet).
       text_encoder: token ids int `[b, L]` -> features `[b, f_t]` (`text.TextEncoder`).
@@ -199,6 +203,9 @@ class DualEncoderModel(keras.Model):
       weight_decay: L2 decay through the loss for momentum/Adam (LARS decays internally);
         batch norm, layer norm, biases and the temperature are not decayed.
     """
+
+    NONFINITE_TERMS = ("embeddings", "contrastive_loss", "temperature_term", "weight_decay",
+                       "gradients")
 
     def __init__(self, image_encoder, text_encoder, image_head, text_head, loss_layer,
                  tokenizer=None, learnable_temperature=False, temperature_rho=2.0,
@@ -229,7 +236,9 @@ class DualEncoderModel(keras.Model):
                 trainable=True, autocast=False, name="temperature_logit")
         self._trackers = {name: keras.metrics.Mean(name=name) for name in (
             "contrastive_loss", "objective", "contrastive_accuracy", "weight_decay_loss")}
+        # Skipped steps, and those with a non-finite term (`train_step_with_diagnostics`).
         self._trackers["bad_steps"] = keras.metrics.Sum(name="bad_steps")
+        self._trackers["nonfinite_steps"] = keras.metrics.Sum(name="nonfinite_steps")
         self._eval_trackers = {name: keras.metrics.Mean(name=name) for name in (
             "eval_infonce_loss", "eval_image_to_text_top1", "eval_text_to_image_top1")}
 
@@ -299,6 +308,15 @@ class DualEncoderModel(keras.Model):
 
     def train_step(self, data):
         """One step on `{"image": [b, H, W, C], "tokens": [b, L], "index": [b]}`."""
+        return self.train_step_with_diagnostics(data)[0]
+
+    def train_step_with_diagnostics(self, data):
+        """`train_step`, also returning what went wrong in it, identical on all replicas:
+        float32 "nonfinite_terms" `[T]` (per `NONFINITE_TERMS`), "index_out_of_range" and
+        "skipped". A bad step is not applied (`tf_sogclr.step_guard`)."""
+        statistics = step_guard.written_statistics(
+            self.image_encoder, self.image_head, self.text_encoder, self.text_head)
+        saved = step_guard.snapshot(statistics)
         with tf.GradientTape() as tape:
             image = self.image_projection(data["image"], training=True)
             text = self.text_projection(data["tokens"], training=True)
@@ -306,24 +324,26 @@ class DualEncoderModel(keras.Model):
             contrastive, stats = self.loss_layer(image, text, data["index"],
                                                  return_metrics=True, temperature=tau)
             total = contrastive
+            temperature_term = tf.constant(0.0)
             if "temperature_gradient" in stats and self.learnable_temperature:
                 # d total / d tau = the estimate of dF/dtau (module docstring).
                 estimate = stats["temperature_gradient"] + 2.0 * self.temperature_rho
-                total += tau * tf.stop_gradient(estimate)
+                temperature_term = tau * tf.stop_gradient(estimate)
+                total += temperature_term
             decay = self._weight_decay_loss()
             total += decay
             scaled = total / distribute.num_replicas_in_sync()
             scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        gradients = tape.gradient(scaled, variables)
 
-        self._trackers["contrastive_loss"].update_state(contrastive)
-        self._trackers["objective"].update_state(stats["objective"])
-        self._trackers["contrastive_accuracy"].update_state(stats["contrastive_accuracy"])
-        self._trackers["weight_decay_loss"].update_state(decay)
-        finite = tf.cast(tf.math.is_finite(total), tf.float32)
-        self._trackers["bad_steps"].update_state(1.0 - stats["input_ok"] * finite)
-        return self.training_logs()
+        _, report = step_guard.guarded_update(
+            self.optimizer, gradients, variables,
+            [[image, text], [contrastive], [temperature_term], [decay]], stats["input_ok"],
+            statistics, saved, self._trackers,
+            {"contrastive_loss": contrastive, "objective": stats["objective"],
+             "contrastive_accuracy": stats["contrastive_accuracy"], "weight_decay_loss": decay})
+        return self.training_logs(), report
 
     def training_logs(self):
         """Training metric results plus learning rate, temperature and gamma (scalars)."""
@@ -425,81 +445,40 @@ def _describe(cfg, split):
     return captions.describe_pairs(cfg.data.dataset, split, cfg.data.data_dir)
 
 
-def pretrain_bimodal(cfg, strategy=None, verbose=1):
+def pretrain_bimodal(cfg, strategy=None, verbose=1, dataset_fn=None):
     """Pretrains the dual encoder of `cfg` (resuming from `cfg.run.model_dir`).
 
-    Checkpoints (weights, optimiser, both u-tables, gamma, the tokenizer vocabulary) every
-    checkpoint_epochs / checkpoint_steps and at the end; TensorBoard scalars in
-    `model_dir/train`. Returns a `train.PretrainResult`.
+    `train.run_schedule` runs it, as unimodal pretraining: checkpoints (weights, optimiser,
+    both u-tables, gamma, the tokenizer vocabulary) every checkpoint_epochs /
+    checkpoint_steps and at the end, TensorBoard scalars in `model_dir/train`,
+    `nonfinite_policy`, data errors naming the dataset and split, and on SIGTERM a save at
+    the next execution boundary and an early return with `preempted=True`. Returns a
+    `train.PretrainResult`. `dataset_fn(input_context) -> tf.data.Dataset` of per-replica
+    batches `{"image", "tokens", "index"}` replaces the caption pipeline (tokens from
+    `make_tokenizer(cfg, info)`; the split of `cfg.data` still sizes the u-tables and epoch).
     """
     cfg.validate()
     strategy = strategy or tf.distribute.get_strategy()
     info = _describe(cfg, cfg.data.train_split)
     check_against_data(cfg, info, strategy)
-    schedule = train.make_schedule(cfg, info)
-    if cfg.run.seed is not None:
-        keras.utils.set_random_seed(cfg.run.seed)
-    keras.mixed_precision.set_global_policy(
-        "float32" if cfg.run.mixed_precision == "none" else cfg.run.mixed_precision)
-
-    out_dir = train._worker_dir(cfg.run.model_dir, strategy)
-    latest = train.latest_checkpoint(out_dir)
-    tokenizer = make_tokenizer(cfg, info, latest)
+    train.set_run_globals(cfg)
+    # The vocabulary of the checkpoint the run resumes from (the chief's, on every worker).
+    tokenizer = make_tokenizer(cfg, info, train.latest_checkpoint(cfg.run.model_dir))
     with strategy.scope():
         model = build_dual_encoder(cfg, info, tokenizer, strategy.num_replicas_in_sync)
-    manager = train.checkpoint_manager(model, out_dir, cfg.run.keep_checkpoint_max)
-    if latest:
-        manager.checkpoint.restore(latest).assert_existing_objects_matched()
-    step = int(model.optimizer.iterations.numpy())
+    if dataset_fn is None:
+        augmenter = augment.SimCLRAugment(
+            cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
+            color_distort=False)
 
-    augmenter = augment.SimCLRAugment(
-        cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
-        color_distort=False)
-    dataset = strategy.distribute_datasets_from_function(
-        lambda context: captions.pair_dataset(
-            info, cfg.run.train_batch_size, tokenizer, augmenter, data_dir=cfg.data.data_dir,
-            shuffle_buffer=cfg.data.shuffle_buffer, cache=cfg.data.cache_dataset,
-            seed=cfg.run.seed, input_context=context))
-    iterator = iter(dataset)
-    loop = train.train_loop_function(model, strategy, cfg.run.jit_compile)
-    summary_dir = os.path.join(out_dir, "train")
-    writer = tf.summary.create_file_writer(summary_dir)
-    logs, progbar = {}, None
-    log_names = [m.name for m in model.metrics] + ["learning_rate", "gamma", "temperature"]
-    num_epochs = -(-schedule.total_steps // schedule.steps_per_epoch)
-    while step < schedule.total_steps:
-        epoch, in_epoch = divmod(step, schedule.steps_per_epoch)
-        if progbar is None or in_epoch == 0:
-            model.loss_layer.set_epoch(epoch)
-            for metric in model.metrics:
-                metric.reset_state()
-            if verbose:
-                print(f"Epoch {epoch + 1}/{num_epochs}")
-            epoch_steps = min(schedule.steps_per_epoch,
-                              schedule.total_steps - epoch * schedule.steps_per_epoch)
-            progbar = keras.utils.Progbar(epoch_steps, verbose=verbose,
-                                          stateful_metrics=log_names)
-        stop = schedule.next_stop(step, cfg.run.steps_per_execution)
-        logs = {k: float(v) for k, v in loop(iterator, tf.constant(stop - step, tf.int32)).items()}
-        step = stop
-        if logs.get("bad_steps", 0) > 0:
-            raise FloatingPointError(
-                f"Non-finite loss or embeddings, or an index outside the u-tables, at or before "
-                f"step {step} (logs: {logs}). The last good checkpoint is "
-                f"{manager.latest_checkpoint}.")
-        progbar.update(step - epoch * schedule.steps_per_epoch, values=list(logs.items()))
-        with writer.as_default(step=step):
-            for name, value in logs.items():
-                tf.summary.scalar(name, value)
-        if schedule.checkpoint_due(step):
-            manager.save(checkpoint_number=step)
-            if isinstance(model.loss_layer, losses.BimodalGlobalContrastiveLoss):
-                with writer.as_default(step=step):
-                    tf.summary.scalar("u_visited_fraction", model.loss_layer.visited_fraction())
-    writer.flush()
-    return train.PretrainResult(step=step, epoch=step / schedule.steps_per_epoch, logs=logs,
-                                checkpoint=manager.latest_checkpoint, summary_dir=summary_dir,
-                                model=model)
+        def dataset_fn(context):
+            return captions.pair_dataset(
+                info, cfg.run.train_batch_size, tokenizer, augmenter,
+                data_dir=cfg.data.data_dir, shuffle_buffer=cfg.data.shuffle_buffer,
+                cache=cfg.data.cache_dataset, seed=cfg.run.seed, input_context=context)
+
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    return train.run_schedule(model, dataset, cfg, info, strategy, verbose)
 
 
 def restore_bimodal(cfg, checkpoint=None, strategy=None):

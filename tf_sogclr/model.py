@@ -9,20 +9,20 @@ linear head on `{"image", "label"}`. Both work under `model.fit` / `evaluate` an
 multi-step loop of `tf_sogclr.train`, with any tf.distribute strategy.
 
 Non-finite values never reach the weights: every step checks the terms of `NONFINITE_TERMS`
-(and that every example index lies inside the u-table), agrees on the verdict across replicas,
-and applies the optimiser update only when all are fine. A skipped step still advances
-`optimizer.iterations` (it counts steps taken, applied or not, so the learning-rate schedule,
-checkpoint numbers and data position stay aligned) and is counted in the `bad_steps` metric
-(`nonfinite_steps` counts those with a non-finite term). The u-table is not written by a step
-whose projections or indices are bad (`losses`). Under mixed_float16 the loss-scale optimiser
-owns non-finite *gradients* (it skips them and lowers the scale, as usual); the losses and
-projections are still checked here.
+(and that every example index lies inside the u-table), agrees on the verdict across
+replicas, and applies the optimiser update only when all are fine (`tf_sogclr.step_guard`).
+A skipped step still advances `optimizer.iterations` (it counts steps taken, applied or not,
+so the learning-rate schedule, checkpoint numbers and data position stay aligned) and is
+counted in the `bad_steps` metric (`nonfinite_steps` counts those with a non-finite term).
+The u-table is not written by a step whose projections or indices are bad (`losses`). Under
+mixed_float16 the loss-scale optimiser owns non-finite *gradients* (it skips them and lowers
+the scale, as usual); the losses and projections are still checked here.
 """
 
 import keras
 import tensorflow as tf
 
-from tf_sogclr import distribute, optim, resnet
+from tf_sogclr import distribute, optim, resnet, step_guard
 
 PROJECTION_HEAD_MODES = ("none", "linear", "nonlinear")
 # What `train_step_with_diagnostics` checks for non-finite values, in this order.
@@ -106,6 +106,8 @@ class SogCLRModel(keras.Model):
         variable but batch norm).
     """
 
+    NONFINITE_TERMS = NONFINITE_TERMS  # What the diagnostics of a step report on.
+
     def __init__(self, encoder, projection_head, loss_layer, num_classes=None,
                  weight_decay=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -186,10 +188,8 @@ class SogCLRModel(keras.Model):
         (an index outside the u-table); "skipped" (the update was not applied).
         """
         views = tf.concat([data["view1"], data["view2"]], axis=0)
-        # Batch-norm moving statistics are written by the forward pass: keep their old values
-        # to put back if the step turns out bad (a NaN there would stay in the model forever).
-        statistics = self._moving_statistics()
-        saved = [tf.identity(v.value) for v in statistics]
+        statistics = step_guard.written_statistics(self.encoder, self.projection_head)
+        saved = step_guard.snapshot(statistics)  # Put back if the step turns out bad.
         with tf.GradientTape() as tape:
             features = self.encoder(views, training=True)
             projection = self.projection_head(features, training=True)
@@ -210,92 +210,17 @@ class SogCLRModel(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
 
-        def nonfinite(*tensors):
-            finite = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
-            return tf.logical_not(tf.reduce_all(tf.stack(finite)))
-
-        # The loss-scale optimiser (mixed_float16) expects, skips and counts overflowing
-        # gradients itself; they are not an error there.
-        check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        local_bad = tf.cast(tf.stack([
-            nonfinite(projection), nonfinite(contrastive), nonfinite(linear), nonfinite(decay),
-            nonfinite(*gradients) if check_gradients else tf.constant(False),
-        ]), tf.float32)
-        bad_terms = _any_replica(local_bad)
-        # input_ok is global and also 0 for non-finite projections: what remains is the index.
-        index_bad = tf.logical_and(stats["input_ok"] < 1.0, bad_terms[0] == 0.0)
-        ok = tf.logical_and(tf.reduce_all(bad_terms == 0.0), tf.logical_not(index_bad))
-        self._apply_if(ok, gradients, variables, statistics, saved)
-
-        self._track("contrastive_loss", contrastive, ok)
-        self._track("objective", stats["objective"], ok)
-        self._track("contrastive_accuracy", stats["contrastive_accuracy"], ok)
-        self._track("weight_decay_loss", decay, ok)
-        skipped = 1.0 - tf.cast(ok, tf.float32)
-        self._trackers["bad_steps"].update_state(_count_once(skipped))
-        self._trackers["nonfinite_steps"].update_state(_count_once(tf.reduce_max(bad_terms)))
+        ok, report = step_guard.guarded_update(
+            self.optimizer, gradients, variables, [[projection], [contrastive], [linear], [decay]],
+            stats["input_ok"], statistics, saved, self._trackers,
+            {"contrastive_loss": contrastive, "objective": stats["objective"],
+             "contrastive_accuracy": stats["contrastive_accuracy"], "weight_decay_loss": decay})
         if self.linear_head is not None:
-            self._track("linear_loss", linear, ok)
+            step_guard.track_if(self._trackers["linear_loss"], linear, ok)
             weight = tf.fill(tf.shape(labels), tf.cast(ok, tf.float32))
             self._top1.update_state(labels, tf.where(ok, logits, tf.zeros_like(logits)),
                                     sample_weight=weight)
-        diagnostics = {"nonfinite_terms": bad_terms,
-                       "index_out_of_range": tf.cast(index_bad, tf.float32),
-                       "skipped": skipped}
-        return self.training_logs(), diagnostics
-
-    def _track(self, name, value, ok):
-        """Adds `value` to the mean `name` only for an applied step (a NaN would stay forever)."""
-        value = tf.cast(value, tf.float32)
-        self._trackers[name].update_state(tf.where(ok, value, 0.0),
-                                          sample_weight=tf.cast(ok, tf.float32))
-
-    def _moving_statistics(self):
-        """Non-trainable variables the forward pass writes (batch-norm moving statistics)."""
-        return list(self.encoder.non_trainable_variables
-                    + self.projection_head.non_trainable_variables)
-
-    def _apply_if(self, ok, gradients, variables, statistics, saved):
-        """Applies the update when `ok` (a bool identical on all replicas); else only counts
-        the step and puts back the moving statistics `saved` before the step.
-
-        With strategies that need `merge_call` (Mirrored, MultiWorkerMirrored and TPU in
-        graph mode) the condition is taken in cross-replica context, as Keras's
-        LossScaleOptimizer does: a cond in replica context may not hold a merge_call.
-        """
-        optimizer = self.optimizer
-
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            def apply():
-                optimizer.apply(gradients, variables)
-                return tf.constant(True)
-
-            def skip():
-                optimizer.iterations.assign_add(1)
-                for variable, value in zip(statistics, saved):
-                    variable.assign(value)
-                return tf.constant(False)
-
-            tf.cond(ok, apply, skip)
-            return
-
-        def cross_replica(strategy, ok, gradients, variables, saved):
-            def apply():
-                strategy.extended.call_for_each_replica(optimizer.apply,
-                                                        args=(gradients, variables))
-                return tf.constant(True)
-
-            def skip():
-                optimizer.iterations.assign_add(1)
-                for variable, value in zip(statistics, saved):
-                    strategy.extended.update(variable.value, lambda v, x: v.assign(x),
-                                             args=(value,), group=False)
-                return tf.constant(False)
-
-            tf.cond(strategy.experimental_local_results(ok)[0], apply, skip)
-
-        tf.distribute.get_replica_context().merge_call(
-            cross_replica, args=(ok, gradients, variables, saved))
+        return self.training_logs(), report
 
     def training_logs(self):
         """Metric results plus the current learning rate and gamma (scalars)."""
@@ -316,19 +241,3 @@ class SogCLRModel(keras.Model):
         self._top5.update_state(data["label"], logits)
         return {m.name: m.result() for m in (self._trackers["linear_loss"], self._top1, self._top5)}
 
-
-def _any_replica(flags):
-    """Float `[n]` 0/1 flags -> 1.0 where any replica raised the flag (same on every replica)."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is not None and ctx.num_replicas_in_sync > 1:
-        flags = ctx.all_reduce(tf.distribute.ReduceOp.SUM, flags)
-    return tf.cast(flags > 0.0, tf.float32)
-
-
-def _count_once(value):
-    """`value` on the first replica, 0 on the others: a Sum metric then counts it once."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    first = tf.equal(tf.cast(ctx.replica_id_in_sync_group, tf.int32), 0)
-    return tf.where(first, value, tf.zeros_like(value))

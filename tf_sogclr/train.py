@@ -10,16 +10,20 @@ trip per `steps_per_execution` steps, on every strategy. What XLA can compile:
   a compiled replica function may not hold the collectives (synchronisation boundary) nor
   touch a variable on another replica's device, so those run as plain graphs.
 
+`run_schedule` is the pretraining loop of both modalities (`pretrain`, and
+`bimodal.pretrain_bimodal` for dual encoders): resume, epochs, executions, summaries,
+checkpoints and the reliability rules below.
+
 Reliability (the README's "Failures and what happens" lists every case):
 
 * checkpoints are written by `AtomicCheckpointManager`: a kill at any moment leaves either the
   previous checkpoints or the new one complete, never one that a later run takes for complete;
   a run resumes from the newest complete checkpoint in model_dir;
-* SIGTERM (preemption) makes `pretrain` save at the next execution boundary (at most
+* SIGTERM (preemption) makes `run_schedule` save at the next execution boundary (at most
   `steps_per_execution` steps later) and return with `preempted=True`; with several workers,
   they agree on the step first;
 * a step with a non-finite loss term, projection or gradient is never applied
-  (`model.SogCLRModel`); `nonfinite_policy` "stop" raises `FloatingPointError` naming the step,
+  (`step_guard`); `nonfinite_policy` "stop" raises `FloatingPointError` naming the step,
   the terms and the last good checkpoint, "skip" logs a warning and goes on;
 * bad data (empty split, missing labels, a u-table or image channels that do not match a
   checkpoint, undecodable images, indices outside the table) raises `ValueError` naming the
@@ -65,7 +69,7 @@ def train_loop_function(model, strategy, jit_compile=False, diagnostics=False):
     cross-replica context, i.e. aggregated over replicas. With `diagnostics=True` (models with
     `train_step_with_diagnostics`) it returns `(logs, report)`: "first_bad_step" (int32,
     offset in this execution of the first skipped step, -1 if none), "skipped" (count),
-    "nonfinite_terms" (`[T]` 0/1 per `model_lib.NONFINITE_TERMS`, over the execution) and
+    "nonfinite_terms" (`[T]` 0/1 per `model.NONFINITE_TERMS`, over the execution) and
     "index_out_of_range" (0/1).
     """
     check_jit_compile(strategy, jit_compile)
@@ -89,7 +93,7 @@ def train_loop_function(model, strategy, jit_compile=False, diagnostics=False):
     def train_loop_with_report(iterator, num_steps):
         first_bad = tf.constant(-1, tf.int32)
         skipped = tf.constant(0.0)
-        terms = tf.zeros([len(model_lib.NONFINITE_TERMS)])
+        terms = tf.zeros([len(model.NONFINITE_TERMS)])
         index_bad = tf.constant(0.0)
         for i in tf.range(num_steps):
             _, report = strategy.run(step, args=(next(iterator),))
@@ -352,6 +356,8 @@ def check_checkpoint_fits(path, model, info):
             f"Checkpoint {path} holds a u-table of {table[0]} rows, but {where} has "
             f"{layer.num_examples} examples (indices up to {layer.num_examples - 1}): it was "
             "trained on other data. Use another --model_dir, or the dataset it was trained on.")
+    if not hasattr(model, "encoder"):  # Dual encoders: a mismatch fails in `_restore`.
+        return
     stem = model.encoder.trainable_variables[0]  # The first convolution: [k, k, C, width].
     saved = _shape_of(shapes, "_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE")
     if saved is not None and len(saved) == 4 and len(stem.shape) == 4 and saved[2] != stem.shape[2]:
@@ -466,30 +472,45 @@ def _data_error(error, info, first_step, last_step, num_examples):
 def pretrain(cfg, strategy=None, verbose=1, dataset_fn=None):
     """Pretrains (or resumes from the newest checkpoint in `cfg.run.model_dir`).
 
-    Builds everything under the strategy scope, sets gamma per epoch, writes TensorBoard
-    scalars to `model_dir/train` and checkpoints (model, optimiser, u-tables, step) every
-    checkpoint_epochs / checkpoint_steps and at the end. Returns a `PretrainResult`; on SIGTERM
-    it saves at the next execution boundary and returns early with `preempted=True`.
-    `dataset_fn(input_context) -> tf.data.Dataset` of per-replica batches
-    `{"view1", "view2", "index", "label"}` replaces the TFDS pipeline (the split of `cfg.data`
-    still sizes the u-table and the epoch). Every worker restores from `cfg.run.model_dir`.
+    Builds everything under the strategy scope and runs `run_schedule`. Returns a
+    `PretrainResult`; on SIGTERM it saves at the next execution boundary and returns early
+    with `preempted=True`. `dataset_fn(input_context) -> tf.data.Dataset` of per-replica
+    batches `{"view1", "view2", "index", "label"}` replaces the TFDS pipeline (the split of
+    `cfg.data` still sizes the u-table and the epoch).
     """
     cfg.validate()
     strategy = strategy or tf.distribute.get_strategy()
     info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
     check_against_data(cfg, info, strategy)
-    schedule = make_schedule(cfg, info)
+    set_run_globals(cfg)
+    with strategy.scope():
+        model = build_model(cfg, info, strategy.num_replicas_in_sync)
+    if dataset_fn is None:
+        augmenter = augment.SimCLRAugment(
+            cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
+            color_jitter_strength=cfg.data.color_jitter_strength, use_blur=cfg.data.use_blur)
+        dataset = data.distributed_pretrain_dataset(
+            strategy, cfg.data.dataset, cfg.data.train_split, cfg.run.train_batch_size,
+            augmenter, data_dir=cfg.data.data_dir, shuffle_buffer=cfg.data.shuffle_buffer,
+            cache=cfg.data.cache_dataset, seed=cfg.run.seed, channels=info.channels)
+    else:
+        dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    return run_schedule(model, dataset, cfg, info, strategy, verbose)
+
+
+def set_run_globals(cfg):
+    """Seeds Python, NumPy and TF (when `cfg.run.seed` is set) and the mixed-precision policy."""
     if cfg.run.seed is not None:
         keras.utils.set_random_seed(cfg.run.seed)
     keras.mixed_precision.set_global_policy(
         "float32" if cfg.run.mixed_precision == "none" else cfg.run.mixed_precision)
 
-    with strategy.scope():
-        model = build_model(cfg, info, strategy.num_replicas_in_sync)
-    chief = distribute.is_chief(strategy)
-    out_dir = _worker_dir(cfg.run.model_dir, strategy)
-    manager = checkpoint_manager(model, out_dir, cfg.run.keep_checkpoint_max if chief else 1)
-    restored = latest_checkpoint(cfg.run.model_dir)  # The chief's, on every worker.
+
+def resume(model, manager, cfg, info, strategy, verbose=1):
+    """Restores the newest complete checkpoint of `cfg.run.model_dir` (the chief's, on every
+    worker) into `manager.checkpoint`; returns `(step, path or None)`. With several workers,
+    raises unless all restored the same step (model_dir must be shared storage)."""
+    restored = latest_checkpoint(cfg.run.model_dir)
     if restored:
         _restore(manager.checkpoint, restored, model, info)
     step = int(model.optimizer.iterations.numpy())
@@ -504,26 +525,57 @@ def pretrain(cfg, strategy=None, verbose=1, dataset_fn=None):
         logger.info("Resuming from %s (step %d).", restored, step)
         if verbose:
             print(f"Resuming from {restored} (step {step}).")
+    return step, restored
 
-    if dataset_fn is None:
-        augmenter = augment.SimCLRAugment(
-            cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
-            color_jitter_strength=cfg.data.color_jitter_strength, use_blur=cfg.data.use_blur)
-        dataset = data.distributed_pretrain_dataset(
-            strategy, cfg.data.dataset, cfg.data.train_split, cfg.run.train_batch_size,
-            augmenter, data_dir=cfg.data.data_dir, shuffle_buffer=cfg.data.shuffle_buffer,
-            cache=cfg.data.cache_dataset, seed=cfg.run.seed, channels=info.channels)
-    else:
-        dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    iterator = iter(dataset)
+
+def _summarize_tables(loss_layer, writer, step):
+    """Visited fraction and histogram(s) of the u-table(s) of a global contrastive loss."""
+    if not hasattr(loss_layer, "visited_fraction"):
+        return
+    estimates = loss_layer.estimates()
+    if not isinstance(estimates, dict):
+        estimates = {"": estimates}
+    with writer.as_default(step=step):
+        tf.summary.scalar("u_visited_fraction", loss_layer.visited_fraction())
+        for name, values in estimates.items():
+            tf.summary.histogram("_".join(filter(None, ("u_table", name))), values)
+
+
+def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
+    """The pretraining loop of every modality: resume, run the schedule, checkpoint, stop.
+
+    `model` (built and compiled in `strategy`'s scope) has `train_step_with_diagnostics`,
+    `training_logs`, `NONFINITE_TERMS` and a `loss_layer` with `set_epoch`; `dataset` is a
+    distributed dataset of its batches, `info` the training split's `data.DatasetInfo`.
+    Resumes (`resume`), sets gamma per epoch, runs `cfg.run.steps_per_execution` steps per
+    call, writes TensorBoard scalars to `model_dir/train` and checkpoints (model, optimiser,
+    u-tables, step) every checkpoint_epochs / checkpoint_steps and at the end. Non-finite
+    steps stop or are skipped per `cfg.run.nonfinite_policy`; data errors name the dataset
+    and split; on SIGTERM it saves at the next execution boundary and returns with
+    `preempted=True`. Returns a `PretrainResult`.
+    """
+    schedule = make_schedule(cfg, info)
+    out_dir = _worker_dir(cfg.run.model_dir, strategy)
+    chief = distribute.is_chief(strategy)
+    manager = checkpoint_manager(model, out_dir, cfg.run.keep_checkpoint_max if chief else 1)
+    step, restored = resume(model, manager, cfg, info, strategy, verbose)
+    agree = _mean_over_replicas(strategy)
+
     loop = train_loop_function(model, strategy, cfg.run.jit_compile, diagnostics=True)
     summary_dir = os.path.join(out_dir, "train")
     writer = tf.summary.create_file_writer(summary_dir)
     logs, progbar, saved_step = {}, None, step if restored else None
-    log_names = [m.name for m in model.metrics] + ["learning_rate", "gamma"]
+    log_names = [m.name for m in model.metrics] + ["learning_rate", "gamma", "temperature"]
     num_epochs = -(-schedule.total_steps // schedule.steps_per_epoch)
     num_examples = getattr(model.loss_layer, "num_examples", None)
-    with SigtermWatch() as sigterm:
+
+    def result(preempted=False):
+        return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch, logs=logs,
+                              checkpoint=latest_checkpoint(cfg.run.model_dir),
+                              summary_dir=summary_dir, model=model, preempted=preempted)
+
+    with SigtermWatch() as sigterm:  # Before the input pipeline starts prefetching.
+        iterator = iter(dataset)
         while step < schedule.total_steps:
             epoch, in_epoch = divmod(step, schedule.steps_per_epoch)
             if progbar is None or in_epoch == 0:
@@ -545,7 +597,8 @@ def pretrain(cfg, strategy=None, verbose=1, dataset_fn=None):
                 raise _data_error(error, info, step + 1, stop, num_examples) from error
             logs = {k: float(v) for k, v in logs.items()}
             try:
-                _check_report(report, cfg, info, step, stop, num_examples)
+                _check_report(report, model.NONFINITE_TERMS, cfg, info, step, stop,
+                              num_examples)
             except (FloatingPointError, ValueError):
                 writer.flush()
                 raise
@@ -557,11 +610,7 @@ def pretrain(cfg, strategy=None, verbose=1, dataset_fn=None):
             if schedule.checkpoint_due(step):
                 manager.save(checkpoint_number=step)
                 saved_step = step
-                if isinstance(model.loss_layer, losses.GlobalContrastiveLoss):
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("u_visited_fraction",
-                                          model.loss_layer.visited_fraction())
-                        tf.summary.histogram("u_table", model.loss_layer.estimates())
+                _summarize_tables(model.loss_layer, writer, step)
             stop_now = sigterm.requested
             if agree is not None:  # Every worker stops at the same step, or none does.
                 stop_now = agree([float(stop_now)])[0] > 0
@@ -574,16 +623,12 @@ def pretrain(cfg, strategy=None, verbose=1, dataset_fn=None):
                 if verbose:
                     print(f"\nPreempted (SIGTERM): saved the checkpoint of step {step}; run "
                           "the same command again to resume.")
-                return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch,
-                                      logs=logs, checkpoint=latest_checkpoint(cfg.run.model_dir),
-                                      summary_dir=summary_dir, model=model, preempted=True)
+                return result(preempted=True)
     writer.flush()
-    return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch, logs=logs,
-                          checkpoint=latest_checkpoint(cfg.run.model_dir),
-                          summary_dir=summary_dir, model=model)
+    return result()
 
 
-def _check_report(report, cfg, info, step, stop, num_examples):
+def _check_report(report, term_names, cfg, info, step, stop, num_examples):
     """Raises or warns, per `cfg.run.nonfinite_policy`, about the steps an execution skipped."""
     skipped = int(round(float(report["skipped"])))
     if not skipped:
@@ -594,8 +639,7 @@ def _check_report(report, cfg, info, step, stop, num_examples):
             f"dataset {info.name!r} split {info.split!r}, step {first}: an example index lies "
             f"outside the u-table ({num_examples} rows): the data holds more examples than the "
             "table was built for. The update was not applied.")
-    terms = [name for name, bad in zip(model_lib.NONFINITE_TERMS,
-                                       report["nonfinite_terms"].numpy()) if bad > 0]
+    terms = [name for name, bad in zip(term_names, report["nonfinite_terms"].numpy()) if bad > 0]
     message = (f"Non-finite {', '.join(terms)} at step {first} ({skipped} of steps "
                f"{step + 1}-{stop} skipped: their updates were not applied, the u-table was "
                "not written with non-finite values)")
