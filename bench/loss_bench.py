@@ -92,7 +92,7 @@ class DenseTableLoss:
 
 def run_case(case, num_examples, batch, dim, repeats, jit):
     """One measurement in this process; returns a dict."""
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: F401 (loaded before the RSS baseline: not counted)
     from tf_sogclr import losses
     baseline = _rss_bytes()
     if case == "ntxent":

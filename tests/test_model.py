@@ -1,6 +1,5 @@
 """Tests of tf_sogclr.model and the multi-step loop of tf_sogclr.train on a tiny encoder."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
