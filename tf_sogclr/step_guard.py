@@ -3,11 +3,11 @@
 A training step (`model.SogCLRModel`, `bimodal.DualEncoderModel`) snapshots the variables its
 forward pass writes (batch-norm moving statistics), computes its loss terms and gradients,
 and hands them to `guarded_update`: it asks `nonfinite_flags` which terms hold a NaN or an
-Inf on some replica and calls `apply_if` with the verdict, identical on every replica. A bad step is not applied: only
-`optimizer.iterations` advances (the learning-rate schedule, checkpoint numbers and data
-position stay aligned) and the moving statistics get their old values back (a NaN there
-would stay in the model forever). `tf_sogclr.train` turns the per-step diagnostics into a
-stop or a warning (`nonfinite_policy`).
+Inf on some replica and calls `apply_if` with the verdict, identical on every replica. A bad
+step is not applied: only `optimizer.iterations` advances (the learning-rate schedule,
+checkpoint numbers and data position stay aligned) and the moving statistics get their old
+values back (a NaN there would stay in the model forever). `tf_sogclr.train` turns the
+per-step diagnostics into a stop or a warning (`nonfinite_policy`).
 """
 
 import keras

@@ -111,7 +111,7 @@ def train_loop_function(model, strategy, jit_compile=False, diagnostics=False):
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Step arithmetic of a run: `drop_remainder` batches, so an epoch is a whole number of steps."""
+    """Step arithmetic of a run: batches drop the remainder, so an epoch is whole steps."""
 
     steps_per_epoch: int
     total_steps: int
@@ -665,7 +665,7 @@ def latest_checkpoint(path):
 
 
 def restore_model(cfg, checkpoint=None, strategy=None):
-    """The pretrained model of checkpoint `checkpoint` (default: newest in model_dir) and its step."""
+    """The pretrained model of `checkpoint` (default: newest in model_dir) and its step."""
     cfg.validate()
     strategy = strategy or tf.distribute.get_strategy()
     path = latest_checkpoint(checkpoint or cfg.run.model_dir)
@@ -717,7 +717,8 @@ def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1
             train_features, train_labels, test_features, test_labels,
             num_classes=eval_info.num_classes, k=knn_k, temperature=knn_temperature)
     if distribute.is_chief(strategy):
-        with tf.summary.create_file_writer(os.path.join(cfg.run.model_dir, "eval")).as_default(step=step):
+        writer = tf.summary.create_file_writer(os.path.join(cfg.run.model_dir, "eval"))
+        with writer.as_default(step=step):
             for name, value in results.items():
                 if name != "step":
                     tf.summary.scalar(name, value)
