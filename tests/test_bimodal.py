@@ -347,8 +347,6 @@ def test_caption_datasets_give_one_index_per_image(tmp_path):
     assert info.caption_feature == "captions/text" and info.class_names is None
     tok = text_lib.TextTokenizer.from_texts(captions.training_captions(info, data_dir), 32, 4)
     assert {"picture", "number", "3"} <= set(tok.vocabulary)
-    from tf_sogclr import augment
-
     augmenter = augment.SimCLRAugment(8, channels=3, color_distort=False)
     # deterministic: else parallel maps may emit an element of the second epoch first.
     batch = next(iter(captions.pair_dataset(info, 10, tok, augmenter, data_dir=data_dir,
