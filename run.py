@@ -175,13 +175,18 @@ def export_encoder(model, cfg, step, train_info):
     return export.export_for_step(model, base, step, shape, keep_max=FLAGS.keep_hub_module_max)
 
 
-def exit_preempted(summary):
-    """After a SIGTERM save: prints the summary and exits with 143 (no export or evaluation
-    of an unfinished run; the same command resumes it)."""
-    summary["preempted"] = True
-    print("Summary:")
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    sys.exit(PREEMPTED_EXIT_STATUS)
+def add_pretraining(summary, result):
+    """Adds a `train.PretrainResult` to the run summary. After a SIGTERM save it prints the
+    summary and exits with 143: no export or evaluation of an unfinished run (the same
+    command resumes it)."""
+    summary.update(step=result.step, checkpoint=result.checkpoint,
+                   tensorboard=os.path.dirname(result.summary_dir),
+                   train={k: round(v, 4) for k, v in result.logs.items()})
+    if result.preempted:
+        summary["preempted"] = True
+        print("Summary:")
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 def main(argv):
@@ -205,11 +210,7 @@ def main(argv):
         return
     if FLAGS.mode in ("train", "train_then_eval"):
         result = train.pretrain(cfg, strategy=strategy)
-        summary.update(step=result.step, checkpoint=result.checkpoint,
-                       tensorboard=os.path.dirname(result.summary_dir),
-                       train={k: round(v, 4) for k, v in result.logs.items()})
-        if result.preempted:
-            exit_preempted(summary)
+        add_pretraining(summary, result)
         if distribute.is_chief(strategy):
             summary["export"] = export_encoder(result.model, cfg, result.step, train_info)
     if FLAGS.mode == "export":
@@ -274,11 +275,7 @@ def run_bimodal(cfg):
     summary = {"model_dir": cfg.run.model_dir, "modality": "bimodal"}
     if FLAGS.mode in ("train", "train_then_eval"):
         result = bimodal.pretrain_bimodal(cfg, strategy=strategy)
-        summary.update(step=result.step, checkpoint=result.checkpoint,
-                       tensorboard=os.path.dirname(result.summary_dir),
-                       train={k: round(v, 4) for k, v in result.logs.items()})
-        if result.preempted:
-            exit_preempted(summary)
+        add_pretraining(summary, result)
         if distribute.is_chief(strategy):
             summary["export"] = bimodal.export_dual_encoder_for_step(
                 result.model, base, result.step, shape, keep_max=FLAGS.keep_hub_module_max)

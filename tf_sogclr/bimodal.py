@@ -29,7 +29,6 @@ and `encode_text` signatures, the latter on raw strings).
 
 import dataclasses
 import math
-import os
 
 import keras
 import numpy as np
@@ -605,12 +604,8 @@ def evaluate_bimodal(cfg, checkpoint=None, eval_steps=0, strategy=None):
     encode_text = tf.function(model.encode_text, reduce_retracing=True)
     prompts = captions.class_prompts(info) if info.class_names is not None else None
     results = evaluate_dual_encoder(encode_image, encode_text, dataset, prompts, eval_steps)
-    if distribute.is_chief(strategy):
-        writer = tf.summary.create_file_writer(os.path.join(cfg.run.model_dir, "eval"))
-        with writer.as_default(step=step):
-            for name, value in results.items():
-                if name != "num_images":
-                    tf.summary.scalar(name, value)
+    train.write_eval_scalars(cfg.run.model_dir, step,
+                             {k: v for k, v in results.items() if k != "num_images"}, strategy)
     return {"step": step, **results}
 
 

@@ -506,15 +506,15 @@ def set_run_globals(cfg):
         "float32" if cfg.run.mixed_precision == "none" else cfg.run.mixed_precision)
 
 
-def resume(model, manager, cfg, info, strategy, verbose=1):
+def resume(model, manager, cfg, info, agree=None, verbose=1):
     """Restores the newest complete checkpoint of `cfg.run.model_dir` (the chief's, on every
-    worker) into `manager.checkpoint`; returns `(step, path or None)`. With several workers,
-    raises unless all restored the same step (model_dir must be shared storage)."""
+    worker) into `manager.checkpoint`; returns `(step, path or None)`. With several workers
+    (`agree`, from `_mean_over_replicas`), raises unless all restored the same step
+    (model_dir must be shared storage)."""
     restored = latest_checkpoint(cfg.run.model_dir)
     if restored:
         _restore(manager.checkpoint, restored, model, info)
     step = int(model.optimizer.iterations.numpy())
-    agree = _mean_over_replicas(strategy)
     if agree is not None:
         mean_step, mean_square = agree([step, step * step])
         if mean_square != mean_step * mean_step:
@@ -558,8 +558,8 @@ def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
     out_dir = _worker_dir(cfg.run.model_dir, strategy)
     chief = distribute.is_chief(strategy)
     manager = checkpoint_manager(model, out_dir, cfg.run.keep_checkpoint_max if chief else 1)
-    step, restored = resume(model, manager, cfg, info, strategy, verbose)
     agree = _mean_over_replicas(strategy)
+    step, restored = resume(model, manager, cfg, info, agree, verbose)
 
     loop = train_loop_function(model, strategy, cfg.run.jit_compile, diagnostics=True)
     summary_dir = os.path.join(out_dir, "train")
@@ -716,10 +716,16 @@ def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1
         results["knn_top1"] = knn.knn_top1(
             train_features, train_labels, test_features, test_labels,
             num_classes=eval_info.num_classes, k=knn_k, temperature=knn_temperature)
-    if distribute.is_chief(strategy):
-        writer = tf.summary.create_file_writer(os.path.join(cfg.run.model_dir, "eval"))
-        with writer.as_default(step=step):
-            for name, value in results.items():
-                if name != "step":
-                    tf.summary.scalar(name, value)
+    write_eval_scalars(cfg.run.model_dir, step,
+                       {k: v for k, v in results.items() if k != "step"}, strategy)
     return {k: float(v) if k != "step" else v for k, v in results.items()}
+
+
+def write_eval_scalars(model_dir, step, scalars, strategy):
+    """On the chief: each of `scalars` {name: float} as a TensorBoard scalar at `step`, in
+    `model_dir/eval`."""
+    if not distribute.is_chief(strategy):
+        return
+    with tf.summary.create_file_writer(os.path.join(model_dir, "eval")).as_default(step=step):
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value)
