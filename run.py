@@ -11,9 +11,11 @@ boundary, prints the summary and exits with status 143 (PREEMPTED_EXIT_STATUS): 
 command again to resume.
 """
 
+import importlib
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,6 +43,38 @@ def parse_flags(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TFDS's INFO lines are noise here; -v 0 shows them.
     return argv
+
+
+def import_quietly(module_name):
+    """Imports `module_name` with what native code writes to stderr meanwhile kept off it.
+
+    On CPUs where oneDNN is on by default (AVX-512 and AMX among them), TensorFlow's C++
+    runtime writes `WARNING: All log messages before absl::InitializeLog() ...` and
+    `... oneDNN custom operations are on ...` to file descriptor 2 while it loads, before
+    absl logging exists and whatever TF_CPP_MIN_LOG_LEVEL says. Those lines would break the
+    one-line error contract, so they are captured and passed to absl logging at INFO (shown
+    with --verbosity=0). If the import fails, they are written to stderr as they came.
+    """
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    imported = False
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            module = importlib.import_module(module_name)
+            imported = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            if not imported:
+                sys.stderr.write(text)
+    for line in text.splitlines():
+        if line.strip():
+            logging.info("%s at import: %s", module_name, line)
+    return module
 
 
 def pretrain_config():
@@ -184,12 +218,17 @@ def add_pretraining(summary, result):
                    train={k: round(v, 4) for k, v in result.logs.items()})
     if result.preempted:
         summary["preempted"] = True
-        print("Summary:")
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print_summary(summary)
         sys.exit(PREEMPTED_EXIT_STATUS)
 
 
+def print_summary(summary):
+    print("Summary:")
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
 def main(argv):
+    """Runs what the parsed flags say; returns the run summary (a JSON-ready dict)."""
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
     cfg = pretrain_config()
@@ -205,9 +244,7 @@ def main(argv):
     summary = {"model_dir": cfg.run.model_dir}
     if FLAGS.train_mode == "finetune":
         summary.update(run_finetune(cfg, train_info, strategy))
-        print("Summary:")
-        print(json.dumps(summary, indent=2, sort_keys=True))
-        return
+        return summary
     if FLAGS.mode in ("train", "train_then_eval"):
         result = train.pretrain(cfg, strategy=strategy)
         add_pretraining(summary, result)
@@ -221,8 +258,7 @@ def main(argv):
             cfg, checkpoint=FLAGS.checkpoint, eval_knn=FLAGS.eval_knn, knn_k=FLAGS.knn_k,
             knn_temperature=FLAGS.knn_temperature, eval_steps=FLAGS.eval_steps,
             strategy=strategy)
-    print("Summary:")
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
 
 
 def bimodal_config(cfg):
@@ -287,14 +323,14 @@ def run_bimodal(cfg):
         summary["eval"] = bimodal.evaluate_bimodal(cfg, checkpoint=FLAGS.checkpoint,
                                                    eval_steps=FLAGS.eval_steps,
                                                    strategy=strategy)
-    print("Summary:")
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
 
 
 def run_main(argv):
     """`main` with usage errors reduced to one line on stderr and exit status 2."""
+    import_quietly("tensorflow")  # Before any tf_sogclr module imports it.
     try:
-        main(argv)
+        print_summary(main(argv))
     except UsageError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -91,3 +91,32 @@ def test_helpfull_documents_the_flags():
     for flag in ("--train_mode", "--gamma_schedule", "--width_multiplier", "--steps_per_execution",
                  "--keep_hub_module_max", "--mixed_precision", "--[no]lineareval_while_pretraining"):
         assert flag in done.stdout, flag
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_native_import_output_is_kept_off_stderr_and_logged(tmp_path, verbose):
+    """What a module's native code writes to fd 2 at import (TensorFlow's oneDNN lines on
+    AVX-512 / AMX CPUs) stays off stderr; absl logging at INFO shows it; a failing import
+    prints it as it came."""
+    (tmp_path / "noisy.py").write_text(
+        "import os\nos.write(2, b'native noise\\n')\n"
+        "if os.environ.get('FAIL'):\n    raise ImportError('broken')\n")
+    script = ("import sys; sys.path[:0] = [%r, %r]\n"
+              "from absl import logging\n"
+              "logging.set_verbosity(logging.INFO if %r else logging.WARNING)\n"
+              "import run\nrun.import_quietly('noisy')\nprint('imported')\n"
+              % (REPO, str(tmp_path), verbose))
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported"
+    lines = [line for line in done.stderr.splitlines() if "noise" in line]
+    if verbose:
+        assert len(lines) == 1 and lines[0].endswith("noisy at import: native noise"), lines
+    else:
+        assert lines == [], done.stderr
+
+    failed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, FAIL="1"))
+    assert failed.returncode != 0
+    assert "native noise" in failed.stderr and "ImportError: broken" in failed.stderr
