@@ -1,8 +1,8 @@
-"""Independent NumPy (float64, linear-space) reference of SPEC sections 3, 6 and 8.
+"""Independent NumPy (float64, linear-space) reference of the losses in docs/algorithm.md.
 
 Each surrogate loss is linear in the Gram matrix S = V V^T of the stacked unit vectors V once
 the weights p are fixed: L = sum_rc W[r, c] S[r, c] / B, so dL/dV = (W + W^T) V / B. The
-helpers build W anchor by anchor straight from the SPEC's formulas, then chain the gradient
+helpers build W anchor by anchor straight from docs/algorithm.md's formulas, then chain the gradient
 through the L2 normalisation.
 """
 
@@ -60,7 +60,9 @@ def sogclr_step(z1, z2, index, table, gamma, tau):
 
 
 def bimodal_step(image, text, index, image_table, text_table, gamma, tau):
-    """One bimodal step (SPEC section 6); tables updated in place. Returns loss, grads."""
+    """One bimodal step (docs/algorithm.md, "Image-text"); tables updated in place.
+
+    Returns loss, grads."""
     e, t = normalize(image), normalize(text)
     B = len(e)
     V = np.concatenate([e, t])

@@ -1,8 +1,8 @@
 """Bimodal (image-text) SogCLR: dual encoders trained with the two-way global contrastive loss.
 
-CLIP-style training (SPEC section 6) of an image encoder (the ResNets) and a text encoder
-(`tf_sogclr.text`), each followed by a projection head into a shared space. The loss is
-`losses.BimodalGlobalContrastiveLoss` (two u-tables, one row per image: see
+CLIP-style training (docs/algorithm.md, "Image-text") of an image encoder (the ResNets) and
+a text encoder (`tf_sogclr.text`), each followed by a projection head into a shared space.
+The loss is `losses.BimodalGlobalContrastiveLoss` (two u-tables, one row per image: see
 `tf_sogclr.captions` for the pair indices) or, as the control, CLIP's symmetric InfoNCE
 (`ClipContrastiveLoss`, "simclr" in `LossConfig.loss`).
 
@@ -12,7 +12,7 @@ so CLIP's 0.01-0.07 is safe in float32). With `learnable_temperature`, one globa
 
 * CLIP loss: tau's gradient flows through the logits s / tau, as in CLIP.
 * SogCLR: the surrogate's weights are stop-gradient, so it gives tau no gradient. We follow
-  iSogCLR (SPEC section 7) with one global tau: the objective
+  iSogCLR (docs/algorithm.md, "Image-text") with one global tau: the objective
   `F(tau) = mean_i [tau (log g^I_i(tau) + rho) + tau (log g^T_i(tau) + rho) - 2 e_i . t_i]`
   has `dF/dtau = mean_i [log g^I_i + log g^T_i + 2 rho - sum_j (p^I_ij s^I_ij +
   p^T_ij s^T_ij) / (tau (B - 1))]`, estimated with the u-tables in place of g (the loss's

@@ -8,12 +8,13 @@ Two kinds of datasets:
   from the class names through `TEMPLATES` ("a photo of a {}.", ...).
 
 Pair indices: ONE INDEX PER IMAGE, in [0, num_examples), from the image's `tfds_id` exactly
-as `tf_sogclr.data` does (SPEC section 5). Each time an image is drawn (every epoch) it is
-paired with one of its captions chosen uniformly at random (a seeded, stateless draw), as an
-augmentation of the text side. So both u-tables (u^I, u^T) have one row per image, and u_i
-tracks the average over caption choices of image i's inner function. One row per (image,
-caption slot) was not chosen: it multiplies the tables by the captions per image and puts an
-image's other captions among its negatives in the same batch (false negatives).
+as `tf_sogclr.data` does (docs/algorithm.md, "Example indices"). Each time an image is drawn
+(every epoch) it is paired with one of its captions chosen uniformly at random (a seeded,
+stateless draw), as an augmentation of the text side. So both u-tables (u^I, u^T) have one
+row per image, and u_i tracks the average over caption choices of image i's inner function.
+One row per (image, caption slot) was not chosen: it multiplies the tables by the captions
+per image and puts an image's other captions among its negatives in the same batch (false
+negatives).
 
 Evaluation captions: a caption dataset's images keep all their captions; a templated
 dataset gives test image i the single caption `TEMPLATES[i % len(TEMPLATES)]` of its class.

@@ -1,10 +1,12 @@
 """TFDS input pipelines: stable example indices, two-view pretraining batches, eval batches.
 
-Every example gets a stable index in [0, num_examples) from its `tfds_id` (SPEC section 5):
-`<name>-<split>.<format>-<shard>-of-<total>__<offset>` gives (shard, offset), and
-index = (examples in earlier shards of the split) + offset. The index does not depend on epoch,
-host or file order. With a sliced split ("train[:10%]") an example keeps its index in the full
-split, so the u-table needs `describe(...).num_examples` rows (the full split), not the slice.
+Every example gets a stable index in [0, num_examples) from its `tfds_id`
+(docs/algorithm.md, "Example indices"):
+`<name>-<split>.<format>-<shard>-of-<total>__<offset>` gives (shard, offset), and index =
+(examples in earlier shards of the split) + offset. The index does not depend on epoch, host
+or file order. With a sliced split ("train[:10%]") an example keeps its index in the full
+split, so the u-table needs `describe(...).num_examples` rows (the full split), not the
+slice.
 
 Pipelines read encoded images and decode them explicitly (`decode_image` with the dataset's
 channel count), batch uint8 images, and augment whole batches (`tf_sogclr.augment`). Datasets

@@ -1,8 +1,9 @@
 """Global contrastive losses (SogCLR, ICML 2022) and the SimCLR NT-Xent control.
 
 All losses take per-replica projections and contrast each local anchor against the *global*
-batch (every replica's rows, gathered differentiably). Maths follow SPEC sections 3, 6 and
-8: similarities are dot products of L2-normalised float32 vectors, whatever the input dtype.
+batch (every replica's rows, gathered differentiably). Maths follow docs/algorithm.md
+("The step", "Image-text"): similarities are dot products of L2-normalised float32 vectors,
+whatever the input dtype.
 
 Where each input check lives (GPU and TPU scatters drop or clamp bad rows silently):
 
@@ -130,7 +131,7 @@ def _not_self_mask(local_batch_size, global_batch_size):
 
 
 def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, num_negatives):
-    """One anchor direction of SPEC section 3.
+    """One anchor direction of docs/algorithm.md, "The step".
 
     sims: raw similarities `[b, K]` (differentiable); negatives: bool `[b, K]`;
     positive: `[b]`; log_u_old: `[b]`. Returns per-anchor surrogate loss `[b]`, the new
@@ -240,7 +241,7 @@ class _GlobalContrastiveBase(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
 class GlobalContrastiveLoss(_GlobalContrastiveBase):
-    """SogCLR's unimodal global contrastive loss with its u-table (SPEC sections 2-5).
+    """SogCLR's unimodal global contrastive loss with its u-table (docs/algorithm.md).
 
     `loss_fn(z1, z2, index)`: projections of two views `[b, d]` (any float dtype) and int
     example indices `[b]` in [0, num_examples); returns the scalar surrogate loss, the mean
@@ -310,7 +311,7 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
 class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
-    """Two-way global contrastive loss for image-text pairs (SPEC section 6).
+    """Two-way global contrastive loss for image-text pairs (docs/algorithm.md, "Image-text").
 
     `loss_fn(image_emb, text_emb, index)`: `[b, d]` embeddings of paired images and texts and
     int pair indices `[b]`. Table `image_u_table` holds u^I (image anchors against the B-1
@@ -373,7 +374,7 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
 
 
 def _nt_xent(z1, z2, temperature, normalize):
-    """NT-Xent of SPEC section 8: mean over local anchors of both directions, and accuracy."""
+    """SimCLR's NT-Xent: mean over local anchors of both directions, and accuracy."""
     z1 = _normalize(z1, normalize)
     z2 = _normalize(z2, normalize)
     z1_all = distribute.cross_replica_concat(z1)
@@ -397,7 +398,7 @@ def _nt_xent(z1, z2, temperature, normalize):
 
 
 def nt_xent_loss(z1, z2, temperature=0.1, normalize=True):
-    """SimCLR's NT-Xent (SPEC section 8) of two views `[b, d]` against the global batch: scalar."""
+    """SimCLR's NT-Xent of two views `[b, d]` against the global batch: scalar."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     z1, z2, _ = _check_pair(z1, z2, None, ("z1", "z2", "index"))

@@ -23,7 +23,7 @@ def moving_average_log_u(log_u_old, log_g, gamma):
     """SogCLR's update in log space: log((1 - gamma) u_old + gamma g), per example.
 
     `log_u_old`, `log_g`: float32 `[b]`. Rows whose stored value is `UNVISITED` take
-    `log_g` (gamma = 1 on a first visit, decided per example, SPEC section 3).
+    `log_g` (gamma = 1 on a first visit, decided per example, docs/algorithm.md, "The step").
     """
     gamma = tf.cast(gamma, tf.float32)
     visited = log_u_old > UNVISITED
