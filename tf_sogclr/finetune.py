@@ -446,7 +446,9 @@ def build_finetune_model(pretrain_cfg, finetune_cfg, source, info, num_replicas=
             call_endpoint=(export.SERVE_ENDPOINT if training_endpoint and not frozen
                            else SERVING_SIGNATURE),
             call_training_endpoint=None if frozen else training_endpoint,
-            trainable=not frozen, name=ENCODER_NAME)
+            # Its signature takes float32 images and computes in the precision it was saved
+            # with: a mixed policy must not cast its input to bfloat16 / float16.
+            trainable=not frozen, dtype="float32", name=ENCODER_NAME)
         features = encoder(images)[FEATURES_KEY]
     else:
         raise ValueError(f"source.kind must be 'checkpoint' or 'saved_model', got {source.kind!r}.")

@@ -122,9 +122,11 @@ class SogCLRModel(keras.Model):
         self.weight_decay = float(weight_decay)
         self.linear_head = None
         if num_classes is not None:
+            # float32 under mixed precision (Keras's advice for the output layer): its
+            # logits feed a softmax loss and top-k metrics, which need float32.
             self.linear_head = keras.layers.Dense(
                 num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                name=LINEAR_HEAD_NAME)
+                dtype="float32", name=LINEAR_HEAD_NAME)
         self._trackers = {
             name: keras.metrics.Mean(name=name)
             for name in ("contrastive_loss", "objective", "contrastive_accuracy",
