@@ -77,51 +77,48 @@ def import_quietly(module_name):
     return module
 
 
+def config_from_flags(config_class, **overrides):
+    """`config_class` (a config dataclass) with each field from the flag of its name; fields
+    without a flag keep their default, `overrides` win."""
+    import dataclasses
+
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_class)
+              if f.name in FLAGS}
+    return config_class(**{**values, **overrides})
+
+
 def pretrain_config():
-    """The PretrainConfig the flags describe (validated)."""
+    """The validated config the flags describe: a PretrainConfig, or with --modality=bimodal
+    a BimodalConfig (the text flags added, --temperature defaulting to CLIP's)."""
     from tf_sogclr import config
 
-    cfg = config.PretrainConfig(
-        data=config.DataConfig(
-            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
-            eval_split=FLAGS.eval_split, image_size=FLAGS.image_size,
-            cache_dataset=FLAGS.cache_dataset, color_jitter_strength=FLAGS.color_jitter_strength,
-            use_blur=FLAGS.use_blur, crop_area_min=FLAGS.crop_area_min),
-        model=config.ModelConfig(
-            resnet_depth=FLAGS.resnet_depth, width_multiplier=FLAGS.width_multiplier,
-            small_image_stem=FLAGS.small_image_stem, global_bn=FLAGS.global_bn,
-            batch_norm_decay=FLAGS.batch_norm_decay, proj_head_mode=FLAGS.proj_head_mode,
-            proj_out_dim=FLAGS.proj_out_dim, num_proj_layers=FLAGS.num_proj_layers,
-            ft_proj_selector=FLAGS.ft_proj_selector,
-            fine_tune_after_block=FLAGS.fine_tune_after_block),
-        loss=config.LossConfig(
-            loss=FLAGS.loss, temperature=FLAGS.temperature, gamma=FLAGS.gamma,
-            gamma_schedule=FLAGS.gamma_schedule, gamma_decay_epochs=FLAGS.gamma_decay_epochs,
-            hidden_norm=FLAGS.hidden_norm),
-        optimizer=config.OptimizerConfig(
-            optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
-            learning_rate_scaling=FLAGS.learning_rate_scaling, momentum=FLAGS.momentum,
-            weight_decay=FLAGS.weight_decay, warmup_epochs=FLAGS.warmup_epochs),
-        run=config.RunConfig(
-            model_dir=FLAGS.model_dir, train_batch_size=FLAGS.train_batch_size,
-            train_epochs=FLAGS.train_epochs, train_steps=FLAGS.train_steps,
-            eval_batch_size=FLAGS.eval_batch_size,
-            lineareval_while_pretraining=FLAGS.lineareval_while_pretraining,
-            checkpoint_epochs=FLAGS.checkpoint_epochs, checkpoint_steps=FLAGS.checkpoint_steps,
-            keep_checkpoint_max=FLAGS.keep_checkpoint_max,
-            steps_per_execution=FLAGS.steps_per_execution, jit_compile=FLAGS.jit_compile,
-            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
-            nonfinite_policy=FLAGS.nonfinite_policy),
-    )
+    parts = dict(data=config_from_flags(config.DataConfig),
+                 model=config_from_flags(config.ModelConfig),
+                 loss=config_from_flags(config.LossConfig),
+                 optimizer=config_from_flags(config.OptimizerConfig),
+                 run=config_from_flags(config.RunConfig))
+    if FLAGS.modality == "bimodal":
+        if FLAGS.train_mode == "finetune":
+            raise UsageError("--train_mode=finetune is not available with --modality=bimodal; "
+                             "use --train_mode=pretrain.")
+        if not FLAGS["temperature"].present:
+            parts["loss"] = config_from_flags(config.LossConfig,
+                                              temperature=config.BIMODAL_TEMPERATURE)
+        parts["run"] = config_from_flags(config.RunConfig, lineareval_while_pretraining=False)
+        cfg = config.BimodalConfig(**parts, text=config_from_flags(config.TextConfig))
+    else:
+        cfg = config.PretrainConfig(**parts)
     try:
         return cfg.validate()
     except ValueError as error:
         raise UsageError(str(error)) from None
 
 
-def prepare_data(cfg):
-    """Converts Debian's Fashion-MNIST into TFDS once; checks both splits exist."""
-    from tf_sogclr import data, fashion_mnist
+def prepare_data(cfg, modality):
+    """Converts Debian's Fashion-MNIST into TFDS once; checks both splits exist (and, before
+    an evaluation, that the eval split has what it needs)."""
+    from tf_sogclr import data
+    from tf_sogclr.data import fashion_mnist
 
     if cfg.data.dataset == fashion_mnist.NAME:
         try:
@@ -129,10 +126,10 @@ def prepare_data(cfg):
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
     try:
-        train_info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
-        eval_info = data.describe(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
-        if FLAGS.mode in ("eval", "train_then_eval"):  # Fail now, not after training.
-            data.check_not_empty(eval_info)
+        train_info = modality.describe(cfg, cfg.data.train_split)
+        eval_info = modality.describe(cfg, cfg.data.eval_split)
+        if FLAGS.mode in ("eval", "train_then_eval") and modality.name == "unimodal":
+            data.check_not_empty(eval_info)  # Fail now, not after training.
             data.check_labels(eval_info, f"--mode={FLAGS.mode}")
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -141,7 +138,7 @@ def prepare_data(cfg):
 
 def check_run(cfg, train_info, strategy):
     """Every check that needs the data or the strategy, before anything is built."""
-    from tf_sogclr import train
+    from tf_sogclr.training import checkpoints, lifecycle
 
     if FLAGS.keep_hub_module_max < 1:
         raise UsageError(f"--keep_hub_module_max must be an integer >= 1, "
@@ -149,15 +146,15 @@ def check_run(cfg, train_info, strategy):
     if FLAGS.eval_steps < 0:
         raise UsageError(f"--eval_steps must be an integer >= 0, got {FLAGS.eval_steps}.")
     try:
-        train.check_against_data(cfg, train_info, strategy)
+        lifecycle.check_against_data(cfg, train_info, strategy)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if (FLAGS.mode in ("eval", "export")
-            and train.latest_checkpoint(FLAGS.checkpoint or cfg.run.model_dir) is None):
+            and checkpoints.latest_checkpoint(FLAGS.checkpoint or cfg.run.model_dir) is None):
         raise UsageError(f"--mode={FLAGS.mode} needs --checkpoint or a checkpoint in "
                          f"--model_dir={cfg.run.model_dir}; found none.")
     if FLAGS.train_mode == "finetune":
-        from tf_sogclr import finetune
+        from tf_sogclr.training import finetune
 
         if FLAGS.mode == "export":
             raise UsageError("--mode=export exports pretraining checkpoints; a fine-tuning run "
@@ -170,7 +167,7 @@ def check_run(cfg, train_info, strategy):
 
 def finetune_config():
     """The FinetuneConfig the flags describe (SimCLR: the same flags, fine-tuning values)."""
-    from tf_sogclr import finetune
+    from tf_sogclr.training import finetune
 
     cfg = finetune.FinetuneConfig(
         checkpoint=FLAGS.checkpoint, zero_init_logits_layer=FLAGS.zero_init_logits_layer,
@@ -187,7 +184,8 @@ def finetune_config():
 
 def run_finetune(cfg, train_info, strategy):
     """Fine-tunes with Keras fit (resuming if interrupted), evaluates, exports the classifier."""
-    from tf_sogclr import distribute, finetune
+    from tf_sogclr import distribute
+    from tf_sogclr.training import finetune
 
     result = finetune.finetune(cfg, finetune_config(), strategy=strategy)
     summary = {"finetune_dir": result.finetune_dir, "tensorboard": result.log_dir,
@@ -195,22 +193,23 @@ def run_finetune(cfg, train_info, strategy):
                "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5)}}
     if distribute.is_chief(strategy):
         step = int(result.model.optimizer.iterations.numpy())
-        summary["export"] = export_encoder(finetune.ExportableClassifier(result.model), cfg, step,
-                                           train_info)
+        summary["export"] = export_model(finetune.ExportableClassifier(result.model), cfg, step,
+                                         train_info)
     return summary
 
 
-def export_encoder(model, cfg, step, train_info):
-    """SavedModel of encoder and heads under export_dir or model_dir/saved_model/<step>."""
-    from tf_sogclr import export
+def export_model(model, cfg, step, train_info):
+    """The SavedModel of `model` under --export_dir or model_dir/saved_model, as <step>/."""
+    from tf_sogclr.training import lifecycle
 
     base = FLAGS.export_dir or os.path.join(cfg.run.model_dir, "saved_model")
     shape = (cfg.data.image_size, cfg.data.image_size, train_info.channels)
-    return export.export_for_step(model, base, step, shape, keep_max=FLAGS.keep_hub_module_max)
+    return lifecycle.export_for_step(model, cfg, base, step, shape,
+                                     keep_max=FLAGS.keep_hub_module_max)
 
 
 def add_pretraining(summary, result):
-    """Adds a `train.PretrainResult` to the run summary. After a SIGTERM save it prints the
+    """Adds a `loop.PretrainResult` to the run summary. After a SIGTERM save it prints the
     summary and exits with 143: no export or evaluation of an unfinished run (the same
     command resumes it)."""
     summary.update(step=result.step, checkpoint=result.checkpoint,
@@ -232,97 +231,34 @@ def main(argv):
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
     cfg = pretrain_config()
-    if FLAGS.modality == "bimodal":
-        return run_bimodal(cfg)
-    from tf_sogclr import distribute, train
+    from tf_sogclr import distribute
+    from tf_sogclr.training import lifecycle, modalities
 
-    train_info = prepare_data(cfg)
+    modality = modalities.get(cfg.modality)
+    train_info = prepare_data(cfg, modality)
     strategy = distribute.resolve_strategy(FLAGS.use_tpu, FLAGS.tpu_name, FLAGS.tpu_zone,
                                            FLAGS.gcp_project)
     check_run(cfg, train_info, strategy)
 
     summary = {"model_dir": cfg.run.model_dir}
+    if modality.name != "unimodal":
+        summary["modality"] = modality.name
     if FLAGS.train_mode == "finetune":
         summary.update(run_finetune(cfg, train_info, strategy))
         return summary
     if FLAGS.mode in ("train", "train_then_eval"):
-        result = train.pretrain(cfg, strategy=strategy)
+        result = lifecycle.pretrain(cfg, strategy=strategy)
         add_pretraining(summary, result)
         if distribute.is_chief(strategy):
-            summary["export"] = export_encoder(result.model, cfg, result.step, train_info)
+            summary["export"] = export_model(result.model, cfg, result.step, train_info)
     if FLAGS.mode == "export":
-        model, step = train.restore_model(cfg, FLAGS.checkpoint, strategy)
-        summary.update(step=step, export=export_encoder(model, cfg, step, train_info))
+        model, step = lifecycle.restore_model(cfg, FLAGS.checkpoint, strategy)
+        summary.update(step=step, export=export_model(model, cfg, step, train_info))
     if FLAGS.mode in ("eval", "train_then_eval"):
-        summary["eval"] = train.evaluate(
+        summary["eval"] = lifecycle.evaluate(
             cfg, checkpoint=FLAGS.checkpoint, eval_knn=FLAGS.eval_knn, knn_k=FLAGS.knn_k,
             knn_temperature=FLAGS.knn_temperature, eval_steps=FLAGS.eval_steps,
             strategy=strategy)
-    return summary
-
-
-def bimodal_config(cfg):
-    """The BimodalConfig the flags describe: `cfg`'s parts plus the text flags (validated)."""
-    import dataclasses
-
-    from tf_sogclr import bimodal
-
-    loss = cfg.loss if FLAGS["temperature"].present else dataclasses.replace(
-        cfg.loss, temperature=bimodal.DEFAULT_TEMPERATURE)
-    bimodal_cfg = bimodal.BimodalConfig(
-        data=cfg.data, model=cfg.model, loss=loss, optimizer=cfg.optimizer,
-        run=dataclasses.replace(cfg.run, lineareval_while_pretraining=False),
-        text=bimodal.TextConfig(
-            text_encoder=FLAGS.text_encoder, vocab_size=FLAGS.vocab_size,
-            max_text_length=FLAGS.max_text_length, text_width=FLAGS.text_width,
-            text_layers=FLAGS.text_layers, learnable_temperature=FLAGS.learnable_temperature,
-            temperature_rho=FLAGS.temperature_rho))
-    try:
-        return bimodal_cfg.validate()
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-
-
-def run_bimodal(cfg):
-    """--modality=bimodal: dual-encoder pretraining, zero-shot / recall evaluation, export."""
-    from tf_sogclr import bimodal, captions, distribute, fashion_mnist
-
-    cfg = bimodal_config(cfg)
-    if FLAGS.train_mode == "finetune":
-        raise UsageError("--train_mode=finetune is not available with --modality=bimodal; "
-                         "use --train_mode=pretrain.")
-    if cfg.data.dataset == fashion_mnist.NAME:
-        try:
-            fashion_mnist.prepare_fashion_mnist(cfg.data.data_dir)
-        except FileNotFoundError as error:
-            raise UsageError(str(error)) from None
-    try:
-        train_info = captions.describe_pairs(cfg.data.dataset, cfg.data.train_split,
-                                             cfg.data.data_dir)
-        captions.describe_pairs(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    strategy = distribute.resolve_strategy(FLAGS.use_tpu, FLAGS.tpu_name, FLAGS.tpu_zone,
-                                           FLAGS.gcp_project)
-    check_run(cfg, train_info, strategy)
-
-    base = FLAGS.export_dir or os.path.join(cfg.run.model_dir, "saved_model")
-    shape = (cfg.data.image_size, cfg.data.image_size, train_info.channels)
-    summary = {"model_dir": cfg.run.model_dir, "modality": "bimodal"}
-    if FLAGS.mode in ("train", "train_then_eval"):
-        result = bimodal.pretrain_bimodal(cfg, strategy=strategy)
-        add_pretraining(summary, result)
-        if distribute.is_chief(strategy):
-            summary["export"] = bimodal.export_dual_encoder_for_step(
-                result.model, base, result.step, shape, keep_max=FLAGS.keep_hub_module_max)
-    if FLAGS.mode == "export":
-        model, step = bimodal.restore_bimodal(cfg, FLAGS.checkpoint, strategy)
-        summary.update(step=step, export=bimodal.export_dual_encoder_for_step(
-            model, base, step, shape, keep_max=FLAGS.keep_hub_module_max))
-    if FLAGS.mode in ("eval", "train_then_eval"):
-        summary["eval"] = bimodal.evaluate_bimodal(cfg, checkpoint=FLAGS.checkpoint,
-                                                   eval_steps=FLAGS.eval_steps,
-                                                   strategy=strategy)
     return summary
 
 

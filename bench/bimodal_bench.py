@@ -6,7 +6,7 @@
 Default mode, each measurement in a fresh subprocess:
 
 * `bimodal_train_examples_per_s` (loss=sogclr; loss=simclr, i.e. CLIP's InfoNCE): dual-encoder
-  train steps through `train.train_loop_function` on in-memory 28x28x1 images and 16-token
+  train steps through `training_loop.train_loop_function` on in-memory 28x28x1 images and 16-token
   captions, with run.py's bimodal model (ResNet-18 of width 0.125, 2-block Transformer text
   encoder of width 128, projection heads to 128, tau 0.03);
 * `bimodal_sogclr_over_clip_throughput`: their ratio, same run.
@@ -38,11 +38,15 @@ def _load():
 def case_train(args):
     """Examples/s of the bimodal train step with `args.loss` on random in-memory batches."""
     import tensorflow as tf
-    from tf_sogclr import bimodal, captions, config, text, train
+    from tf_sogclr import config
+    from tf_sogclr.data import captions
+    from tf_sogclr.models import text
+    from tf_sogclr.training import loop as training_loop
+    from tf_sogclr.training import modalities
 
-    cfg = bimodal.BimodalConfig(
+    cfg = config.BimodalConfig(
         model=config.ModelConfig(width_multiplier=args.width),
-        loss=config.LossConfig(loss=args.loss, temperature=bimodal.DEFAULT_TEMPERATURE),
+        loss=config.LossConfig(loss=args.loss, temperature=config.BIMODAL_TEMPERATURE),
         run=config.RunConfig(train_batch_size=args.batch, train_steps=1000,
                              lineareval_while_pretraining=False)).validate()
     info = captions.PairDatasetInfo(
@@ -52,7 +56,7 @@ def case_train(args):
     tokenizer = text.TextTokenizer.from_texts(
         [p for ps in captions.class_prompts(info) for p in ps], cfg.text.vocab_size,
         cfg.text.max_text_length)
-    model = bimodal.build_dual_encoder(cfg, info, tokenizer)
+    model = modalities.build_dual_encoder(cfg, info, tokenizer)
     gen = tf.random.Generator.from_seed(0)
     prompts = [p for ps in captions.class_prompts(info) for p in ps]
     batch = {"image": gen.uniform((args.batch, 28, 28, 1)),
@@ -60,7 +64,7 @@ def case_train(args):
                                               for i in range(args.batch)])),
              "index": tf.range(args.batch, dtype=tf.int32)}
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
-    loop = train.train_loop_function(model, tf.distribute.get_strategy())
+    loop = training_loop.train_loop_function(model, tf.distribute.get_strategy())
     n = tf.constant(args.steps_per_execution, tf.int32)
     loop(iterator, n)  # trace and warm up
     loop(iterator, n)

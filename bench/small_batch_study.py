@@ -12,7 +12,7 @@ the same encoder: random weights, and supervised training (same subset, epochs, 
 
 What a run does (one process runs them all, one after the other):
 
-* `simclr` / `sogclr`: `tf_sogclr.train.pretrain` (NT-Xent or SogCLR's global loss, LARS,
+* `simclr` / `sogclr`: `tf_sogclr.training.lifecycle.pretrain` (NT-Xent or SogCLR's global loss, LARS,
   lr = 0.075 * sqrt(B) warmed up for 1 epoch then cosine-decayed, SimCLR's
   small-batch rule from the paper; temperature 0.1, gamma 0.9 constant, weight decay 1e-6);
 * `supervised`: the same encoder + a Dense head, plain Keras `fit` with cross-entropy on
@@ -308,7 +308,7 @@ def pretrain_config(study, run, model_dir):
 
 
 def build_encoder(study, channels):
-    from tf_sogclr import resnet
+    from tf_sogclr.models import resnet
     return resnet.build_resnet(
         study.resnet_depth, width_multiplier=study.width_multiplier, small_image_stem=True,
         input_shape=(study.image_size, study.image_size, channels), name="encoder")
@@ -355,7 +355,7 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes):
 
 def evaluate_encoder(study, encoder, info):
     """linear_top1, linear_train_top1, knn_top1 of the frozen `encoder` (module docstring)."""
-    from tf_sogclr import knn
+    from tf_sogclr.evaluation import knn
     train_x, train_y = knn.extract_features(
         encoder, eval_batches(study, study.train_split, info.channels))
     test_x, test_y = knn.extract_features(
@@ -400,7 +400,8 @@ def train_supervised(study, run, info):
 def execute(study, run, results_dir):
     """Runs one (method, batch, seed) from scratch; returns its record."""
     import keras
-    from tf_sogclr import data, train
+    from tf_sogclr import data
+    from tf_sogclr.training import lifecycle
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(run.seed)
@@ -415,7 +416,7 @@ def execute(study, run, results_dir):
     else:
         model_dir = os.path.join(results_dir, "runs", run.name)
         shutil.rmtree(model_dir, ignore_errors=True)  # an interrupted run starts afresh
-        result = train.pretrain(pretrain_config(study, run, model_dir), verbose=0)
+        result = lifecycle.pretrain(pretrain_config(study, run, model_dir), verbose=0)
         encoder, steps, logs = result.model.encoder, result.step, result.logs
         for path in os.listdir(model_dir):  # keep TensorBoard scalars, drop checkpoints
             if path.startswith("ckpt-") or path == "checkpoint":
@@ -602,7 +603,11 @@ def probe(study, batch_sizes, steps=32):
     """Measures this machine's rates at `study`'s configuration (a few steps per batch)."""
     import keras
     import tensorflow as tf
-    from tf_sogclr import augment, data, knn, train
+    from tf_sogclr import data
+    from tf_sogclr.data import augment
+    from tf_sogclr.evaluation import knn
+    from tf_sogclr.training import loop as training_loop
+    from tf_sogclr.training import modalities
 
     info = data.describe(study.dataset, study.train_split, study.data_dir)
     rates = {"examples_per_s": {}}
@@ -611,14 +616,14 @@ def probe(study, batch_sizes, steps=32):
         keras.backend.clear_session()
         cfg = pretrain_config(study, Run("sogclr", batch, 0), "/nonexistent")
         start = time.perf_counter()
-        model = train.build_model(cfg, info, 1)
+        model = modalities.build_sogclr_model(cfg, info, 1)
         augmenter = augment.SimCLRAugment(
             study.image_size, channels=info.channels, crop_area_min=study.crop_area_min,
             color_jitter_strength=study.color_jitter_strength)
         iterator = iter(data.pretrain_dataset(
             study.dataset, study.train_split, batch, augmenter, data_dir=study.data_dir,
             cache=True, seed=0, channels=info.channels))
-        loop = train.train_loop_function(model, tf.distribute.get_strategy())
+        loop = training_loop.train_loop_function(model, tf.distribute.get_strategy())
         loop(iterator, tf.constant(2, tf.int32))
         overheads.append(time.perf_counter() - start)
         n = max(4, (steps * 64) // batch)
@@ -718,7 +723,7 @@ def main(argv=None):
     if args.plan:
         if args.probe:
             _quiet_tensorflow()
-            from tf_sogclr import fashion_mnist
+            from tf_sogclr.data import fashion_mnist
             if study.dataset == fashion_mnist.NAME:
                 fashion_mnist.prepare_fashion_mnist(study.data_dir)
             rates = probe(study, batch_sizes)
@@ -732,7 +737,7 @@ def main(argv=None):
         return 0
 
     _quiet_tensorflow()
-    from tf_sogclr import fashion_mnist
+    from tf_sogclr.data import fashion_mnist
     if study.dataset == fashion_mnist.NAME:
         fashion_mnist.prepare_fashion_mnist(study.data_dir)
     for method in CONTRASTIVE:  # bad flag values fail here, before any run

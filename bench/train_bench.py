@@ -3,7 +3,7 @@
     python bench/train_bench.py [--steps 20 --batch 128 --width 0.25]
 
 * `train_examples_per_s` (loss=sogclr and loss=simclr): small-stem ResNet-18 train steps
-  on 32x32x3 batches already in memory, through `train.train_loop_function`;
+  on 32x32x3 batches already in memory, through `training_loop.train_loop_function`;
 * `train_sogclr_over_simclr_throughput`: their ratio, same run (target >= 0.97);
 * `jit_over_nojit_throughput`: the SogCLR step compiled with XLA over without;
 * `pipeline_examples_per_s_fashion_mnist`, `pipeline_examples_per_s_rgb32`: the two-view
@@ -56,8 +56,9 @@ def _tiny_rgb_dataset(data_dir, num_examples=4096):
 
 
 def _model(loss, batch, width, image_shape, jit):
-    from tf_sogclr import config, train
+    from tf_sogclr import config
     from tf_sogclr.data import DatasetInfo
+    from tf_sogclr.training import modalities
     cfg = config.PretrainConfig(
         data=config.DataConfig(image_size=image_shape[0]),
         model=config.ModelConfig(width_multiplier=width),
@@ -66,13 +67,13 @@ def _model(loss, batch, width, image_shape, jit):
     info = DatasetInfo(name="bench", full_name="bench/1.0.0", split="train", base_split="train",
                        num_examples=50_000, num_split_examples=50_000, num_classes=10,
                        image_shape=image_shape, shard_lengths=(50_000,))
-    return train.build_model(cfg, info, num_replicas=1), cfg
+    return modalities.build_sogclr_model(cfg, info, num_replicas=1), cfg
 
 
 def _time_loop(model, iterator, steps, steps_per_execution, jit):
     import tensorflow as tf
-    from tf_sogclr import train
-    loop = train.train_loop_function(model, tf.distribute.get_strategy(), jit_compile=jit)
+    from tf_sogclr.training import loop as training_loop
+    loop = training_loop.train_loop_function(model, tf.distribute.get_strategy(), jit_compile=jit)
     n = tf.constant(steps_per_execution, tf.int32)
     loop(iterator, n)  # trace, compile, warm up
     loop(iterator, n)
@@ -99,7 +100,8 @@ def case_train(args):
 
 
 def _pipeline(dataset, data_dir, batch, image_size, channels):
-    from tf_sogclr import augment, data
+    from tf_sogclr import data
+    from tf_sogclr.data import augment
     augmenter = augment.SimCLRAugment(image_size, channels=channels)
     return data.pretrain_dataset(dataset, "train", batch, augmenter, data_dir=data_dir,
                                  cache=True, shuffle_buffer=10_000)
@@ -109,7 +111,7 @@ def _pipeline_source(args):
     if args.dataset == "rgb32":
         data_dir = tempfile.mkdtemp(prefix="bench_rgb32_")
         return _tiny_rgb_dataset(data_dir), data_dir, 32, 3
-    from tf_sogclr import fashion_mnist
+    from tf_sogclr.data import fashion_mnist
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="bench_fmnist_")
     return fashion_mnist.prepare_fashion_mnist(data_dir), data_dir, 28, 1
 

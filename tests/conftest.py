@@ -42,7 +42,7 @@ SMALL_FASHION_MNIST_EXAMPLES = 128
 @pytest.fixture(scope="session")
 def small_fashion_mnist(tmp_path_factory):
     """data_dir holding a 128-example, 3-shard slice of both Fashion-MNIST splits, as TFDS."""
-    from tf_sogclr import fashion_mnist
+    from tf_sogclr.data import fashion_mnist
 
     data_dir = str(tmp_path_factory.mktemp("tfds_small_fashion_mnist"))
     fashion_mnist.prepare_fashion_mnist(

@@ -22,7 +22,8 @@ if REPO not in sys.path:
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_sogclr import config, data, fashion_mnist  # noqa: E402
+from tf_sogclr import config, data
+from tf_sogclr.data import fashion_mnist  # noqa: E402
 
 GLOBAL_BATCH = 16
 NUM_SHARDS = 2  # = replicas in sync, in both settings
@@ -60,7 +61,7 @@ def _shard(data_dir, k):
 
 
 def dataset_fn(data_dir):
-    """`dataset_fn(input_context)` for `train.pretrain`: per-replica batches, as above."""
+    """`dataset_fn(input_context)` for `lifecycle.pretrain`: per-replica batches, as above."""
 
     def fn(context):
         if context.num_input_pipelines == NUM_SHARDS:  # one worker per shard
@@ -91,12 +92,13 @@ def dump(result, path):
 
 
 def main(data_dir, model_dir, out):
-    from tf_sogclr import distribute, train
+    from tf_sogclr import distribute
+    from tf_sogclr.training import lifecycle
 
     strategy = distribute.resolve_strategy()
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise SystemExit(f"expected MultiWorkerMirroredStrategy from TF_CONFIG, got {strategy}")
-    result = train.pretrain(tiny_config(data_dir, model_dir), strategy=strategy, verbose=0,
+    result = lifecycle.pretrain(tiny_config(data_dir, model_dir), strategy=strategy, verbose=0,
                             dataset_fn=dataset_fn(data_dir))
     dump(result, out)
 

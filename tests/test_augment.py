@@ -1,10 +1,10 @@
-"""Tests for tf_sogclr.augment: SimCLR's augmentations, batched and seeded."""
+"""Tests for tf_sogclr.data.augment: SimCLR's augmentations, batched and seeded."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import augment
+from tf_sogclr.data import augment
 
 SEED = tf.constant([3, 7], tf.int32)
 

@@ -14,9 +14,19 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import augment, bimodal, captions, config, losses, model as model_lib, optim
-from tf_sogclr import resnet, train
-from tf_sogclr import text as text_lib
+from tf_sogclr import config, losses
+from tf_sogclr import export
+from tf_sogclr import models as model_lib
+from tf_sogclr.data import augment
+from tf_sogclr.data import captions
+from tf_sogclr.evaluation import zero_shot
+from tf_sogclr.models import resnet
+from tf_sogclr.models import text as text_lib
+from tf_sogclr.training import checkpoints
+from tf_sogclr.training import lifecycle
+from tf_sogclr.training import loop as training_loop
+from tf_sogclr.training import modalities
+from tf_sogclr.training import optim
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_EXAMPLES = 24
@@ -50,16 +60,16 @@ def tiny_model(loss="sogclr", learnable=False, global_bn=False, kind="transforme
         return model_lib.ProjectionHead("nonlinear", proj_out_dim=8, num_proj_layers=2,
                                         global_bn=global_bn)
 
-    model = bimodal.DualEncoderModel(
+    model = model_lib.DualEncoderModel(
         image_encoder, text_encoder, head(), head(),
-        bimodal.build_loss(loss, NUM_EXAMPLES, temperature=temperature),
+        modalities.build_bimodal_loss(loss, NUM_EXAMPLES, temperature=temperature),
         tokenizer=tokenizer() if vocabulary is None else text_lib.TextTokenizer(
             VOCAB, LENGTH, vocabulary=vocabulary, name="tokenizer"),
         learnable_temperature=learnable, temperature_rho=1.0,
         weight_decay=1e-4)
     model.compile(optimizer=optim.build_optimizer(
         optimizer, learning_rate, weight_decay=1e-4,
-        exclude_from_weight_decay=optim.DEFAULT_EXCLUDES + bimodal.NO_DECAY_PATTERNS))
+        exclude_from_weight_decay=optim.DEFAULT_EXCLUDES + model_lib.NO_DECAY_PATTERNS))
     model.build((None, *IMAGE_SHAPE))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -79,7 +89,7 @@ def replica_values(weight):
 
 
 def run_steps(model, strategy, batches):
-    loop = train.train_loop_function(model, strategy)
+    loop = training_loop.train_loop_function(model, strategy)
     dataset = tf.data.Dataset.from_tensor_slices(
         {k: tf.stack([b[k] for b in batches]) for k in batches[0]})
     if strategy is not tf.distribute.get_strategy():
@@ -98,7 +108,7 @@ def test_tokenizer_vocabulary_travels_in_checkpoints(tmp_path):
     assert ids[0, 4] > 1 and ids[1, 1] == 1 and not ids[2].any()  # known, unknown, padding
     assert source.vocabulary[:2] == ["", "[UNK]"] and "dog" in source.vocabulary
     path = tf.train.Checkpoint(tokenizer=source).save(str(tmp_path / "ckpt"))
-    assert bimodal.vocabulary_from_checkpoint(path) == source.vocabulary
+    assert modalities.vocabulary_from_checkpoint(path) == source.vocabulary
     other = text_lib.TextTokenizer(VOCAB, LENGTH, vocabulary=["dog", "zebra"])
     assert not np.array_equal(other(texts).numpy(), ids)
     tf.train.Checkpoint(tokenizer=other).restore(path).assert_consumed()
@@ -135,7 +145,7 @@ def test_text_encoder_ignores_padding_and_compiles(kind):
 def test_clip_loss_is_symmetric_infonce():
     rng = np.random.default_rng(0)
     image, text = rng.normal(size=(2, 6, 5)).astype(np.float32)
-    loss, metrics = bimodal.ClipContrastiveLoss(temperature=0.05)(
+    loss, metrics = losses.ClipContrastiveLoss(temperature=0.05)(
         image, text, return_metrics=True)
     e = image / np.linalg.norm(image, axis=1, keepdims=True)
     t = text / np.linalg.norm(text, axis=1, keepdims=True)
@@ -227,8 +237,8 @@ def test_zero_shot_beats_chance_after_short_training():
     history = model.fit(data, epochs=1, shuffle=False, verbose=0).history
     assert history["bad_steps"][-1] == 0
     test_images, test_labels = _three_class_images(60, rng)
-    classifier = bimodal.class_embeddings(model.encode_text, prompts)
-    accuracy = bimodal.zero_shot_top1(model.encode_image(test_images), test_labels, classifier)
+    classifier = zero_shot.class_embeddings(model.encode_text, prompts)
+    accuracy = zero_shot.zero_shot_top1(model.encode_image(test_images), test_labels, classifier)
     assert accuracy >= 0.7, accuracy  # chance: 1/3
     scores = model.evaluate(data.take(2), return_dict=True, verbose=0)
     assert 0.0 <= scores["eval_image_to_text_top1"] <= 1.0
@@ -237,13 +247,13 @@ def test_zero_shot_beats_chance_after_short_training():
 def test_recall_counts_ties_in_the_images_favour():
     image = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     texts = tf.constant([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    recall = bimodal.image_to_text_recall(image, texts, [0, 1, 2, 2], ks=(1, 2))
+    recall = zero_shot.image_to_text_recall(image, texts, [0, 1, 2, 2], ks=(1, 2))
     # Image 2's own texts score 0.8 and 0.6: its best (text 2) ties text 1 -> rank 0.
     assert recall == {1: 1.0, 2: 1.0}
-    recall = bimodal.image_to_text_recall(image, texts, [0, 1, 1, 2], ks=(1, 2, 3))
+    recall = zero_shot.image_to_text_recall(image, texts, [0, 1, 1, 2], ks=(1, 2, 3))
     assert recall == {1: 2 / 3, 2: 2 / 3, 3: 1.0}  # image 2's only text (0.6): rank 2.
     with pytest.raises(ValueError, match="no caption"):
-        bimodal.image_to_text_recall(image, texts, [0, 0, 1, 1])
+        zero_shot.image_to_text_recall(image, texts, [0, 0, 1, 1])
 
 
 def test_checkpoint_restores_weights_tables_and_vocabulary(tmp_path):
@@ -251,7 +261,7 @@ def test_checkpoint_restores_weights_tables_and_vocabulary(tmp_path):
     run_steps(model, tf.distribute.get_strategy(), [mock_batch(8, 3)])
     path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(
         str(tmp_path / "ckpt"))
-    assert bimodal.vocabulary_from_checkpoint(path) == model.tokenizer.vocabulary
+    assert modalities.vocabulary_from_checkpoint(path) == model.tokenizer.vocabulary
     restored = tiny_model("sogclr", learnable=True, seed=9, vocabulary=["zebra", "dog"])
     tf.train.Checkpoint(model=restored, optimizer=restored.optimizer).restore(
         path).assert_existing_objects_matched()
@@ -266,11 +276,11 @@ def test_checkpoint_restores_weights_tables_and_vocabulary(tmp_path):
 def test_export_and_reload_give_the_same_embeddings(tmp_path):
     model = tiny_model("simclr", learnable=True)
     base = str(tmp_path / "saved_model")
-    path = bimodal.export_dual_encoder_for_step(model, base, 3, IMAGE_SHAPE, keep_max=1)
+    path = export.export_dual_encoder_for_step(model, base, 3, IMAGE_SHAPE, keep_max=1)
     assert path == f"{base}/3"
-    bimodal.export_dual_encoder_for_step(model, base, 4, IMAGE_SHAPE, keep_max=1)
+    export.export_dual_encoder_for_step(model, base, 4, IMAGE_SHAPE, keep_max=1)
     assert os.listdir(base) == ["4"]
-    loaded = bimodal.LoadedDualEncoder(f"{base}/4")
+    loaded = export.LoadedDualEncoder(f"{base}/4")
     texts = ["a photo of a dog.", "A DOG", "never seen words", ""]
     np.testing.assert_allclose(loaded.encode_text(texts), model.encode_text(tf.constant(texts)),
                                atol=1e-5)
@@ -286,9 +296,9 @@ def test_export_and_reload_give_the_same_embeddings(tmp_path):
     np.testing.assert_allclose(out["embedding"], loaded.encode_text(texts), atol=1e-6)
     model.tokenizer = None
     with pytest.raises(ValueError, match="tokenizer"):
-        bimodal.export_dual_encoder(model, str(tmp_path / "x"), IMAGE_SHAPE)
+        export.export_dual_encoder(model, str(tmp_path / "x"), IMAGE_SHAPE)
     with pytest.raises(ValueError, match="not a complete SavedModel"):
-        bimodal.LoadedDualEncoder(base)
+        export.LoadedDualEncoder(base)
 
 
 # --------------------------------------------------------------------------- data
@@ -300,7 +310,7 @@ def test_fashion_mnist_pairs_have_stable_indices_and_template_captions(small_fas
     vocabulary_source = captions.training_captions(info)
     assert len(vocabulary_source) == 10 * len(captions.TEMPLATES)
     tok = text_lib.TextTokenizer.from_texts(vocabulary_source, 64, 8)
-    from tf_sogclr import augment
+    from tf_sogclr.data import augment
 
     augmenter = augment.SimCLRAugment(28, channels=1, color_distort=False)
     batch = next(iter(captions.pair_dataset(info, 32, tok, augmenter,
@@ -370,14 +380,14 @@ def test_caption_datasets_give_one_index_per_image(tmp_path):
 
 
 def test_bad_configs_name_the_flag(small_fashion_mnist):
-    cfg = bimodal.BimodalConfig()
+    cfg = config.BimodalConfig()
     with pytest.raises(ValueError, match="--text_encoder must be one of transformer, mlp"):
-        dataclasses.replace(cfg, text=bimodal.TextConfig(text_encoder="rnn")).validate()
+        dataclasses.replace(cfg, text=config.TextConfig(text_encoder="rnn")).validate()
     with pytest.raises(ValueError, match="--text_width must be divisible by the 4"):
-        dataclasses.replace(cfg, text=bimodal.TextConfig(text_width=30)).validate()
+        dataclasses.replace(cfg, text=config.TextConfig(text_width=30)).validate()
     with pytest.raises(ValueError, match=r"--temperature must be in \(0.005, 1.0\)"):
         dataclasses.replace(cfg, loss=config.LossConfig(temperature=2.0),
-                            text=bimodal.TextConfig(learnable_temperature=True)).validate()
+                            text=config.TextConfig(learnable_temperature=True)).validate()
     with pytest.raises(ValueError, match="split='validation' must be one split"):
         captions.describe_pairs("fashion_mnist_debian", "validation", small_fashion_mnist)
     with pytest.raises(ValueError, match="hold one"):
@@ -396,12 +406,12 @@ def tiny_bimodal_config(data_dir, model_dir, **run):
     every 2 steps."""
     run = {"model_dir": str(model_dir), "train_batch_size": 16, "train_steps": 4,
            "checkpoint_steps": 2, "steps_per_execution": 1, "seed": 1, **run}
-    return bimodal.BimodalConfig(
+    return config.BimodalConfig(
         data=config.DataConfig(data_dir=data_dir, image_size=8),
         model=config.ModelConfig(width_multiplier=0.0625, proj_out_dim=8),
         optimizer=config.OptimizerConfig(learning_rate=0.1, warmup_epochs=0.0),
         run=config.RunConfig(lineareval_while_pretraining=False, **run),
-        text=bimodal.TextConfig(text_encoder="mlp", text_width=16, vocab_size=64,
+        text=config.TextConfig(text_encoder="mlp", text_width=16, vocab_size=64,
                                 max_text_length=8))
 
 
@@ -409,7 +419,7 @@ def pair_batches(cfg, nan_batch=None, sigterm_batch=None):
     """A `dataset_fn`: the caption pipeline, with a NaN image in batch `nan_batch` and a
     SIGTERM to this process when batch `sigterm_batch` is made (both counted from 0)."""
     info = captions.describe_pairs(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
-    tokenizer = bimodal.make_tokenizer(cfg, info)
+    tokenizer = modalities.make_tokenizer(cfg, info)
 
     def sigterm():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -439,12 +449,12 @@ def pair_batches(cfg, nan_batch=None, sigterm_batch=None):
 
 def test_bimodal_pretraining_is_preempted_skips_or_stops_like_unimodal(small_fashion_mnist,
                                                                         tmp_path, caplog):
-    # Shares `train.run_schedule` with unimodal pretraining (tests/test_reliability.py).
+    # Shares `training_loop.run_schedule` with unimodal pretraining (tests/test_reliability.py).
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # Never kill the test run.
     try:
         model_dir = tmp_path / "run"
         cfg = tiny_bimodal_config(small_fashion_mnist, model_dir, train_steps=6)
-        preempted = bimodal.pretrain_bimodal(cfg, verbose=0,
+        preempted = lifecycle.pretrain(cfg, verbose=0,
                                              dataset_fn=pair_batches(cfg, sigterm_batch=1))
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -453,8 +463,8 @@ def test_bimodal_pretraining_is_preempted_skips_or_stops_like_unimodal(small_fas
 
     # Resumed with "skip": the first batch it reads has a NaN image, and is skipped.
     skip = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, nonfinite_policy="skip"))
-    with caplog.at_level(logging.WARNING, logger="tf_sogclr.train"):
-        result = bimodal.pretrain_bimodal(skip, verbose=0,
+    with caplog.at_level(logging.WARNING, logger="tf_sogclr.training.loop"):
+        result = lifecycle.pretrain(skip, verbose=0,
                                           dataset_fn=pair_batches(cfg, nan_batch=0))
     assert "Non-finite embeddings, contrastive_loss" in caplog.text
     assert f"at step {preempted.step + 1}" in caplog.text
@@ -467,11 +477,11 @@ def test_bimodal_pretraining_is_preempted_skips_or_stops_like_unimodal(small_fas
     stop_dir = tmp_path / "stop"
     cfg = tiny_bimodal_config(small_fashion_mnist, stop_dir)
     with pytest.raises(FloatingPointError) as raised:
-        bimodal.pretrain_bimodal(cfg, verbose=0, dataset_fn=pair_batches(cfg, nan_batch=2))
+        lifecycle.pretrain(cfg, verbose=0, dataset_fn=pair_batches(cfg, nan_batch=2))
     for part in ("Non-finite embeddings", "at step 3",
                  f"The last good checkpoint is {stop_dir / 'ckpt-2'}"):
         assert part in str(raised.value)
-    assert train.latest_checkpoint(str(stop_dir)) == str(stop_dir / "ckpt-2")
+    assert checkpoints.latest_checkpoint(str(stop_dir)) == str(stop_dir / "ckpt-2")
 
 
 # --------------------------------------------------------------------------- run.py
@@ -498,8 +508,8 @@ def test_run_py_bimodal_trains_evaluates_and_exports(small_fashion_mnist, tmp_pa
         assert 0.0 <= scores[name] <= 1.0, name
     assert scores["image_to_text_recall@5"] >= scores["image_to_text_recall@1"]
     assert scores["num_images"] == 128
-    vocabulary = bimodal.vocabulary_from_checkpoint(summary["checkpoint"])
+    vocabulary = modalities.vocabulary_from_checkpoint(summary["checkpoint"])
     assert vocabulary[:2] == ["", "[UNK]"] and "sneaker" in vocabulary
     assert summary["export"] == os.path.join(model_dir, "saved_model", "3")
-    loaded = bimodal.LoadedDualEncoder(summary["export"])
+    loaded = export.LoadedDualEncoder(summary["export"])
     assert loaded.encode_text(["a photo of a bag."]).shape == (1, 8)

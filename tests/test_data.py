@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import augment, data, fashion_mnist
+from tf_sogclr import data
+from tf_sogclr.data import augment
+from tf_sogclr.data import fashion_mnist
 
 NAME = fashion_mnist.NAME
 NUM_TRAIN = NUM_TEST = 120
@@ -19,7 +21,7 @@ class TinyVariableSizeImages(tfds.core.GeneratorBasedBuilder):
     """24 RGB images of sizes 20..39, 3 classes, 2 shards: the per-example crop path."""
 
     VERSION = tfds.core.Version("1.0.0")
-    code_path = None  # no checksums file (see tf_sogclr.fashion_mnist)
+    code_path = None  # no checksums file (see tf_sogclr.data.fashion_mnist)
 
     def _info(self):
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({

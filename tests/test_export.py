@@ -11,7 +11,10 @@ import pytest
 import tensorflow as tf
 
 import precision
-from tf_sogclr import export, knn, losses, model as model_lib, resnet
+from tf_sogclr import export, losses
+from tf_sogclr import models as model_lib
+from tf_sogclr.evaluation import knn
+from tf_sogclr.models import resnet
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 3

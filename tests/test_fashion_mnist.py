@@ -1,4 +1,4 @@
-"""Tests for tf_sogclr.fashion_mnist: the offline TFDS builder over Debian's idx files."""
+"""Tests for tf_sogclr.data.fashion_mnist: the offline TFDS builder over Debian's idx files."""
 
 import gzip
 import os
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import fashion_mnist
+from tf_sogclr.data import fashion_mnist
 
 SOURCE = fashion_mnist.DEFAULT_SOURCE_DIR
 NUM = 64  # examples per split in the slice

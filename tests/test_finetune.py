@@ -1,4 +1,4 @@
-"""Tests of tf_sogclr.finetune: fine-tuning a tiny pretrained encoder with Keras `fit`."""
+"""Tests of tf_sogclr.training.finetune: fine-tuning a tiny pretrained encoder with Keras `fit`."""
 
 import dataclasses
 import os
@@ -9,7 +9,10 @@ import pytest
 import tensorflow as tf
 
 from test_train import tiny_config
-from tf_sogclr import data, export, finetune, train
+from tf_sogclr import data, export
+from tf_sogclr.training import finetune
+from tf_sogclr.training import lifecycle
+from tf_sogclr.training import modalities
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def pretrained(small_fashion_mnist, tmp_path_factory):
     """(config, PretrainResult) of 4 tiny pretraining steps: checkpoints ckpt-2 and ckpt-4."""
     cfg = tiny_config(small_fashion_mnist, tmp_path_factory.mktemp("pretrain") / "run",
                       train_steps=4, checkpoint_steps=2)
-    result = train.pretrain(cfg, verbose=0)
+    result = lifecycle.pretrain(cfg, verbose=0)
     assert result.checkpoint.endswith("ckpt-4")
     return cfg, result
 
@@ -49,9 +52,9 @@ def layer_weights(model):
 
 
 def restored_encoder_weights(cfg, checkpoint):
-    """The encoder weights in `checkpoint`, restored independently of tf_sogclr.finetune."""
+    """The encoder weights in `checkpoint`, restored independently of tf_sogclr.training.finetune."""
     info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
-    model = train.build_model(cfg, info, num_replicas=1)
+    model = modalities.build_sogclr_model(cfg, info, num_replicas=1)
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial()
     return layer_weights(model.encoder), model
 

@@ -1,11 +1,11 @@
-"""Tests of tf_sogclr.knn against an independent NumPy implementation of the k-NN protocol."""
+"""Tests of tf_sogclr.evaluation.knn against an independent NumPy implementation of the k-NN protocol."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import knn
+from tf_sogclr.evaluation import knn
 
 
 def numpy_knn_predict(train_features, train_labels, test_features, num_classes, k, temperature):

@@ -8,7 +8,7 @@ import tensorflow as tf
 import loss_reference as ref
 import precision
 from tf_sogclr import losses
-from tf_sogclr.u_table import UNVISITED
+from tf_sogclr.losses.u_table import UNVISITED
 
 RTOL, ATOL = 1e-5, 1e-6
 

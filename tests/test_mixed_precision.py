@@ -21,7 +21,8 @@ import tensorflow as tf
 
 import precision
 import run as run_py
-from tf_sogclr import bimodal, export
+from tf_sogclr import export
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICIES = ("none", "mixed_bfloat16", "mixed_float16")
@@ -93,7 +94,7 @@ def assert_bimodal_summary(summary):
     dtypes = assert_float32_state(summary["checkpoint"])
     assert sum("u_table" in k for k in dtypes) == 2
     assert any("temperature_logit" in k for k in dtypes)
-    loaded = bimodal.LoadedDualEncoder(summary["export"])
+    loaded = export.LoadedDualEncoder(summary["export"])
     image = loaded.encode_image(np.full((2, 16, 16, 1), 0.5, np.float32))
     text = loaded.encode_text(["a photo of a bag.", "a photo of a shirt."])
     assert image.dtype == text.dtype == tf.float32
@@ -131,8 +132,8 @@ def test_eval_and_export_of_a_mixed_bfloat16_checkpoint(small_fashion_mnist, tmp
     images = np.random.default_rng(0).uniform(size=(4, 16, 16, 1)).astype(np.float32)
     if modality == "bimodal":
         assert set(evaluated["eval"]) >= {"zero_shot_top1", "image_to_text_recall@1"}
-        first = bimodal.LoadedDualEncoder(trained["export"]).encode_image(images)
-        second = bimodal.LoadedDualEncoder(exported["export"]).encode_image(images)
+        first = export.LoadedDualEncoder(trained["export"]).encode_image(images)
+        second = export.LoadedDualEncoder(exported["export"]).encode_image(images)
     else:
         assert 0.0 <= evaluated["eval"]["linear_top1"] <= evaluated["eval"]["linear_top5"] <= 1.0
         first = export.load_encoder(trained["export"]).features(images)

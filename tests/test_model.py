@@ -1,10 +1,14 @@
-"""Tests of tf_sogclr.model and the multi-step loop of tf_sogclr.train on a tiny encoder."""
+"""Tests of tf_sogclr.models.sogclr_model and the multi-step loop of tf_sogclr.training.loop on a tiny encoder."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import losses, model as model_lib, optim, resnet, train
+from tf_sogclr import losses
+from tf_sogclr import models as model_lib
+from tf_sogclr.models import resnet
+from tf_sogclr.training import loop as training_loop
+from tf_sogclr.training import optim
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_EXAMPLES = 24
@@ -102,7 +106,7 @@ def test_lars_excludes_batch_norm_bias_and_linear_head_by_path():
 
 
 def _run_steps(model, strategy, batches, steps_per_execution, jit_compile=False):
-    loop = train.train_loop_function(model, strategy, jit_compile=jit_compile)
+    loop = training_loop.train_loop_function(model, strategy, jit_compile=jit_compile)
     dataset = tf.data.Dataset.from_tensor_slices(
         {k: tf.stack([b[k] for b in batches]) for k in batches[0]})
     if strategy is tf.distribute.get_strategy():
@@ -174,7 +178,7 @@ def test_jit_compile_refused_for_mirrored(mirrored_strategy):
     with mirrored_strategy.scope():
         model = tiny_model()
     with pytest.raises(ValueError, match="jit_compile=True is not available"):
-        train.train_loop_function(model, mirrored_strategy, jit_compile=True)
+        training_loop.train_loop_function(model, mirrored_strategy, jit_compile=True)
 
 
 def test_fit_under_mirrored_strategy(mirrored_strategy):

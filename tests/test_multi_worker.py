@@ -62,7 +62,8 @@ def stop(processes):
 
 def test_two_workers_agree_with_each_other_and_with_one_process(
         small_fashion_mnist, tmp_path, mirrored_strategy):
-    from tf_sogclr import train
+    from tf_sogclr.training import checkpoints
+    from tf_sogclr.training import lifecycle
 
     outputs = [tmp_path / f"worker_{i}.npz" for i in range(2)]
     logs = [open(tmp_path / f"worker_{i}.log", "w") for i in range(2)]
@@ -70,7 +71,7 @@ def test_two_workers_agree_with_each_other_and_with_one_process(
     try:
         # Meanwhile, the single-process reference on the same global batches.
         cfg = worker.tiny_config(small_fashion_mnist, tmp_path / "single")
-        result = train.pretrain(cfg, strategy=mirrored_strategy, verbose=0,
+        result = lifecycle.pretrain(cfg, strategy=mirrored_strategy, verbose=0,
                                 dataset_fn=worker.dataset_fn(small_fashion_mnist))
         worker.dump(result, tmp_path / "single.npz")
         deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -99,5 +100,5 @@ def test_two_workers_agree_with_each_other_and_with_one_process(
         np.testing.assert_allclose(first[name], single[name], rtol=1e-4, atol=1e-4,
                                    err_msg=f"two workers vs one process: {name}")
     # The chief wrote the final checkpoint into model_dir; the other worker into scratch.
-    assert train.latest_checkpoint(str(tmp_path / "multi")).endswith(f"ckpt-{worker.STEPS}")
+    assert checkpoints.latest_checkpoint(str(tmp_path / "multi")).endswith(f"ckpt-{worker.STEPS}")
     assert os.path.isdir(tmp_path / "multi" / ".workers" / "worker_1")

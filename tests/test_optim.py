@@ -1,4 +1,4 @@
-"""Tests for tf_sogclr.optim: LARS, the warm-up + cosine schedule, scaling, weight decay."""
+"""Tests for tf_sogclr.training.optim: LARS, the warm-up + cosine schedule, scaling, weight decay."""
 
 import contextlib
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import optim
+from tf_sogclr.training import optim
 
 LR = 0.5
 MOMENTUM = 0.9

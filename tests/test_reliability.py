@@ -24,8 +24,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import augment, config, data, export, fashion_mnist, losses, optim, train
-from tf_sogclr import model as model_lib
+from tf_sogclr import config, data, export, losses
+from tf_sogclr import models as model_lib
+from tf_sogclr.data import augment, captions
+from tf_sogclr.data import fashion_mnist
+from tf_sogclr.training import checkpoints
+from tf_sogclr.training import lifecycle
+from tf_sogclr.training import loop as training_loop
+from tf_sogclr.training import modalities
+from tf_sogclr.training import optim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width_multiplier=0.0625", "--proj_out_dim=8", "--train_batch_size=16",
@@ -159,9 +166,9 @@ def test_killed_and_preempted_run_resumes_and_finishes(small_fashion_mnist, tmp_
                lambda run: run.signal(signal.SIGKILL))
     assert os.path.exists(ckpt(4) + ".data-00000-of-00001")
     assert not os.path.exists(ckpt(4) + ".index")
-    assert train.latest_checkpoint(str(model_dir)) == ckpt(2)
+    assert checkpoints.latest_checkpoint(str(model_dir)) == ckpt(2)
     assert tf.train.latest_checkpoint(str(model_dir)) == ckpt(2)
-    assert train.is_complete_checkpoint(ckpt(2)) and iterations(ckpt(2)) == 2
+    assert checkpoints.is_complete_checkpoint(ckpt(2)) and iterations(ckpt(2)) == 2
 
     # 2. The same command resumes from ckpt-2; SIGTERM after step 5 (between checkpoints):
     #    it saves ckpt-5 at that execution boundary and exits with status 143.
@@ -176,12 +183,12 @@ def test_killed_and_preempted_run_resumes_and_finishes(small_fashion_mnist, tmp_
     assert summary["preempted"] is True and summary["step"] == 5
     assert summary["checkpoint"] == ckpt(5) and iterations(ckpt(5)) == 5
     assert "export" not in summary
-    assert train.is_complete_checkpoint(ckpt(4))  # rewritten by this run
+    assert checkpoints.is_complete_checkpoint(ckpt(4))  # rewritten by this run
 
     # 3. Resumes from ckpt-5, finishes training; SIGKILL while the export is being written.
     run_to_end(tmp_path, "killed_in_export", args, "export",
                lambda run: run.signal(signal.SIGKILL))
-    assert train.latest_checkpoint(str(model_dir)) == ckpt(8) and iterations(ckpt(8)) == 8
+    assert checkpoints.latest_checkpoint(str(model_dir)) == ckpt(8) and iterations(ckpt(8)) == 8
     assert export.latest_export(str(model_dir / "saved_model")) is None
     assert not os.path.exists(model_dir / "saved_model" / "8")
 
@@ -206,7 +213,7 @@ def test_atomic_checkpoints_ignore_and_clean_what_kills_leave(tmp_path):
     variable = tf.Variable([1.0, 2.0])
     checkpoint = tf.train.Checkpoint(v=variable)
     directory = str(tmp_path)
-    manager = train.AtomicCheckpointManager(checkpoint, directory, max_to_keep=2)
+    manager = checkpoints.AtomicCheckpointManager(checkpoint, directory, max_to_keep=2)
     for step in (2, 4, 6):
         variable.assign_add([1.0, 1.0])
         manager.save(step)
@@ -221,12 +228,12 @@ def test_atomic_checkpoints_ignore_and_clean_what_kills_leave(tmp_path):
     open(prefix(8) + ".data-00000-of-00001", "wb").write(b"partial")
     os.makedirs(os.path.join(directory, ".staging-ckpt-10-123-abcdef01"))
     os.makedirs(prefix(10) + "_temp")
-    assert train.latest_checkpoint(directory) == prefix(4)
-    assert train.latest_checkpoint(prefix(6)) is None  # a named prefix must be complete too
-    assert not train.is_complete_checkpoint(prefix(8))
+    assert checkpoints.latest_checkpoint(directory) == prefix(4)
+    assert checkpoints.latest_checkpoint(prefix(6)) is None  # a named prefix must be complete too
+    assert not checkpoints.is_complete_checkpoint(prefix(8))
 
     # The next writer removes the debris and points the state file at ckpt-4.
-    manager = train.AtomicCheckpointManager(checkpoint, directory, max_to_keep=2)
+    manager = checkpoints.AtomicCheckpointManager(checkpoint, directory, max_to_keep=2)
     assert sorted(os.listdir(directory)) == [
         "checkpoint", "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
     assert tf.train.latest_checkpoint(directory) == prefix(4)
@@ -279,7 +286,7 @@ def test_bad_steps_change_nothing_but_the_step_counter(setting, request):
         strategy = tf.distribute.get_strategy()
     with strategy.scope():
         model = tiny_model()
-    loop = train.train_loop_function(model, strategy, jit_compile=setting != "mirrored",
+    loop = training_loop.train_loop_function(model, strategy, jit_compile=setting != "mirrored",
                                      diagnostics=True)
     batches = [batch(0), batch(1, nan=True), batch(2, bad_index=True), batch(3)]
     dataset = tf.data.Dataset.from_generator(
@@ -358,20 +365,20 @@ def test_non_finite_steps_stop_the_run_or_are_skipped(small_fashion_mnist, tmp_p
     model_dir = tmp_path / "run"
     cfg = tiny_config(small_fashion_mnist, model_dir)
     with pytest.raises(FloatingPointError) as raised:
-        train.pretrain(cfg, verbose=0, dataset_fn=nan_batches(small_fashion_mnist, 2))
+        lifecycle.pretrain(cfg, verbose=0, dataset_fn=nan_batches(small_fashion_mnist, 2))
     message = str(raised.value)
     for part in ("Non-finite projections, contrastive_loss", "at step 3",
                  f"The last good checkpoint is {model_dir / 'ckpt-2'}", "nonfinite_policy=skip"):
         assert part in message
-    assert train.latest_checkpoint(str(model_dir)) == str(model_dir / "ckpt-2")
+    assert checkpoints.latest_checkpoint(str(model_dir)) == str(model_dir / "ckpt-2")
     assert not any(name.startswith(("ckpt-3", "ckpt-4")) for name in os.listdir(model_dir))
     table_before = tf.train.load_checkpoint(str(model_dir / "ckpt-2")).get_tensor(
         "model/loss_layer/u_table/log_u/.ATTRIBUTES/VARIABLE_VALUE")
 
     # Resumed with "skip": its first batch (step 3) is bad again, and is skipped.
     skip = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, nonfinite_policy="skip"))
-    with caplog.at_level(logging.WARNING, logger="tf_sogclr.train"):
-        result = train.pretrain(skip, verbose=0, dataset_fn=nan_batches(small_fashion_mnist, 0))
+    with caplog.at_level(logging.WARNING, logger="tf_sogclr.training.loop"):
+        result = lifecycle.pretrain(skip, verbose=0, dataset_fn=nan_batches(small_fashion_mnist, 0))
     assert "Non-finite projections, contrastive_loss" in caplog.text and "at step 3" in caplog.text
     assert result.step == 4 and int(result.model.optimizer.iterations.numpy()) == 4
     assert result.logs["bad_steps"] == 1 and result.logs["nonfinite_steps"] == 1
@@ -390,7 +397,7 @@ class RelTestImages(tfds.core.GeneratorBasedBuilder):
     """16 random 8x8 images per config, one of them (index 1) bad in the config's way."""
 
     VERSION = tfds.core.Version("1.0.0")
-    code_path = None  # no checksums file (see tf_sogclr.fashion_mnist)
+    code_path = None  # no checksums file (see tf_sogclr.data.fashion_mnist)
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in (
         "corrupt", "wrong_size", "rgb_with_gray", "unlabeled")]
 
@@ -430,14 +437,26 @@ def bad_data_dir(tmp_path_factory):
     return data_dir
 
 
+def image_batches(dataset, data_dir):
+    return data.eval_dataset(dataset, "train", 16, 8, data_dir=data_dir)
+
+
+def caption_batches(dataset, data_dir):
+    """The bimodal reader (captions from the class names): the same checked decoder."""
+    info = captions.describe_pairs(dataset, "train", data_dir)
+    return captions.eval_pairs(info, 16, 8, data_dir=data_dir)
+
+
+@pytest.mark.parametrize("reader", [image_batches, caption_batches], ids=["images", "captions"])
 @pytest.mark.parametrize("name, message", [
     ("corrupt", r"\[is not a decodable image"),
     ("wrong_size", r"\[has an image of \(height, width\)\] \[6 6\] \[but the image feature of "
                    r"the dataset is \(8, 8\)\]"),
 ])
-def test_bad_images_fail_at_their_batch_naming_dataset_split_example(bad_data_dir, name, message):
+def test_bad_images_fail_at_their_batch_naming_dataset_split_example(bad_data_dir, name, message,
+                                                                     reader):
     dataset = f"rel_test_images/{name}"
-    batches = iter(data.eval_dataset(dataset, "train", 16, 8, data_dir=bad_data_dir))
+    batches = iter(reader(dataset, bad_data_dir))
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
         next(batches)
     text = str(raised.value)
@@ -458,8 +477,8 @@ def test_undecodable_image_stops_pretraining_at_the_first_batch(bad_data_dir, tm
     cfg = tiny_config(bad_data_dir, tmp_path / "run", dataset="rel_test_images/corrupt")
     with pytest.raises(ValueError, match=r"dataset 'rel_test_images/corrupt' split 'train', "
                                          r"steps 1-1: .*is not a decodable image"):
-        train.pretrain(cfg, verbose=0)
-    assert train.latest_checkpoint(str(tmp_path / "run")) is None
+        lifecycle.pretrain(cfg, verbose=0)
+    assert checkpoints.latest_checkpoint(str(tmp_path / "run")) is None
 
 
 def test_empty_splits_and_missing_labels_fail_before_anything_runs(
@@ -470,19 +489,19 @@ def test_empty_splits_and_missing_labels_fail_before_anything_runs(
                                                                  train_split="train[:0]"))
     with pytest.raises(ValueError, match=r"split 'train\[:0\]' of dataset 'fashion_mnist_debian'"
                                          r" is empty"):
-        train.pretrain(empty, verbose=0)
+        lifecycle.pretrain(empty, verbose=0)
     no_eval = dataclasses.replace(empty, data=dataclasses.replace(
         empty.data, train_split="train", eval_split="test[10:10]"))
     with pytest.raises(ValueError, match=r"split 'test\[10:10\]' .* is empty"):
-        train.evaluate(no_eval)
+        lifecycle.evaluate(no_eval)
 
     unlabeled = tiny_config(bad_data_dir, model_dir, dataset="rel_test_images/unlabeled",
                             eval_split="train", lineareval_while_pretraining=True)
     labels = r"needs labels, but dataset 'rel_test_images/unlabeled' \(split 'train'\)"
     with pytest.raises(ValueError, match="--lineareval_while_pretraining " + labels):
-        train.pretrain(unlabeled, verbose=0)
+        lifecycle.pretrain(unlabeled, verbose=0)
     with pytest.raises(ValueError, match=labels):
-        train.evaluate(unlabeled)
+        lifecycle.evaluate(unlabeled)
     with pytest.raises(ValueError, match="Fine-tuning " + labels):
         data.finetune_dataset("rel_test_images/unlabeled", "train", 4, 8, data_dir=bad_data_dir)
     assert not model_dir.exists()
@@ -507,13 +526,13 @@ def test_checkpoints_of_other_data_are_refused_naming_dataset_and_split(
     ]
     for i, (other, message) in enumerate(cases):
         model_dir = tmp_path / f"other_{i}"
-        train.checkpoint_manager(train.build_model(cfg, other, 1), str(model_dir), 1).save(1)
+        checkpoints.checkpoint_manager(modalities.build_sogclr_model(cfg, other, 1), str(model_dir), 1).save(1)
         other_cfg = dataclasses.replace(cfg, run=dataclasses.replace(
             cfg.run, model_dir=str(model_dir)))
         with pytest.raises(ValueError, match=message):
-            train.pretrain(other_cfg, verbose=0)
+            lifecycle.pretrain(other_cfg, verbose=0)
     with pytest.raises(ValueError, match=message):
-        train.restore_model(other_cfg)
+        lifecycle.restore_model(other_cfg)
 
 
 def test_an_index_outside_the_table_names_dataset_and_split(small_fashion_mnist):
@@ -523,7 +542,7 @@ def test_an_index_outside_the_table_names_dataset_and_split(small_fashion_mnist)
               "index_out_of_range": tf.constant(1.0), "nonfinite_terms": tf.zeros([5])}
     with pytest.raises(ValueError, match=r"dataset 'fashion_mnist_debian' split 'train', step 7:"
                                          r" an example index lies outside the u-table \(128 rows"):
-        train._check_report(report, model_lib.NONFINITE_TERMS, cfg, info, 6, 8, 128)
+        training_loop.check_report(report, model_lib.NONFINITE_TERMS, cfg, info, 6, 8, 128)
     error = tf.errors.InvalidArgumentError(None, None, "assertion failed: [index must be in "
                                                        "[0, num_examples=128)] [[node x]]")
-    assert "lies outside the u-table (128 rows)" in str(train._data_error(error, info, 1, 2, 128))
+    assert "lies outside the u-table (128 rows)" in str(training_loop.data_error(error, info, 1, 2, 128))

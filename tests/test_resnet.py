@@ -1,11 +1,11 @@
-"""Tests for tf_sogclr.resnet: layout, stems, freezing, init, arguments, global BN, XLA."""
+"""Tests for tf_sogclr.models.resnet: layout, stems, freezing, init, arguments, global BN, XLA."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import resnet
+from tf_sogclr.models import resnet
 
 TINY = 0.0625  # base width 4.
 

@@ -1,4 +1,4 @@
-"""Tests of tf_sogclr.train.pretrain on a small slice of Fashion-MNIST."""
+"""Tests of tf_sogclr.training.lifecycle.pretrain on a small slice of Fashion-MNIST."""
 
 import dataclasses
 import os
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import config, train
+from tf_sogclr import config
+from tf_sogclr.training import lifecycle
+from tf_sogclr.training import loop as training_loop
 
 
 def tiny_config(data_dir, model_dir, **run):
@@ -30,7 +32,7 @@ def _state(model):
 
 def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path):
     cfg = tiny_config(small_fashion_mnist, tmp_path / "run", steps_per_execution=2)
-    first = train.pretrain(cfg, verbose=0)
+    first = lifecycle.pretrain(cfg, verbose=0)
     assert first.step == 4
     assert np.isfinite(first.logs["contrastive_loss"]) and first.logs["bad_steps"] == 0
     assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-4")
@@ -40,7 +42,7 @@ def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path)
     assert 0 < np.count_nonzero(table) <= 4 * 16
 
     # A fresh run on the same model_dir restores everything exactly and trains no more.
-    again = train.pretrain(cfg, verbose=0)
+    again = lifecycle.pretrain(cfg, verbose=0)
     assert again.step == 4
     before, after = _state(first.model), _state(again.model)
     assert len(before) == len(after) > 100
@@ -48,7 +50,7 @@ def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path)
         np.testing.assert_array_equal(got, want, err_msg=path)
 
     # Asking for more steps continues from step 4.
-    longer = train.pretrain(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, train_steps=6)),
+    longer = lifecycle.pretrain(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, train_steps=6)),
                             verbose=0)
     assert longer.step == 6 and int(longer.model.optimizer.iterations.numpy()) == 6
     assert np.count_nonzero(longer.model.loss_layer.estimates()) >= np.count_nonzero(table)
@@ -56,7 +58,7 @@ def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path)
 
 def test_pretrain_mirrored_with_global_bn(small_fashion_mnist, tmp_path, mirrored_strategy):
     cfg = tiny_config(small_fashion_mnist, tmp_path / "run", train_steps=2)
-    result = train.pretrain(cfg, strategy=mirrored_strategy, verbose=0)
+    result = lifecycle.pretrain(cfg, strategy=mirrored_strategy, verbose=0)
     assert result.step == 2 and np.isfinite(result.logs["contrastive_loss"])
     tables = [v.numpy() for v in result.model.loss_layer.u_table.log_u.value.values]
     np.testing.assert_array_equal(tables[0], tables[1])
@@ -65,7 +67,7 @@ def test_pretrain_mirrored_with_global_bn(small_fashion_mnist, tmp_path, mirrore
 def test_pretrain_simclr_with_jit_compile(small_fashion_mnist, tmp_path):
     cfg = tiny_config(small_fashion_mnist, tmp_path / "run", train_steps=2, jit_compile=True)
     cfg = dataclasses.replace(cfg, loss=config.LossConfig(loss="simclr"))
-    result = train.pretrain(cfg, verbose=0)
+    result = lifecycle.pretrain(cfg, verbose=0)
     assert result.step == 2 and np.isfinite(result.logs["contrastive_loss"])
     assert "gamma" not in result.logs
 
@@ -78,12 +80,12 @@ def test_pretrain_simclr_with_jit_compile(small_fashion_mnist, tmp_path):
 def test_bad_runs_fail_before_writing(small_fashion_mnist, tmp_path, mirrored_strategy, run, message):
     cfg = tiny_config(small_fashion_mnist, tmp_path / "run", **run)
     with pytest.raises(ValueError, match=message):
-        train.pretrain(cfg, strategy=mirrored_strategy, verbose=0)
+        lifecycle.pretrain(cfg, strategy=mirrored_strategy, verbose=0)
     assert not (tmp_path / "run").exists()
 
 
 def test_schedule_stops_at_epoch_checkpoint_and_execution_boundaries():
-    schedule = train.Schedule(steps_per_epoch=10, total_steps=25, checkpoint_every=4)
+    schedule = training_loop.Schedule(steps_per_epoch=10, total_steps=25, checkpoint_every=4)
     assert schedule.next_stop(0, 100) == 4
     assert schedule.next_stop(8, 100) == 10
     assert schedule.next_stop(21, 2) == 23

@@ -2,12 +2,15 @@
 
 `validate()` of each dataclass checks ranges and choices without touching TensorFlow or
 the data, so a bad value fails in milliseconds with a message naming the flag; checks that
-need the dataset's metadata or the strategy live in `train.check_against_data`.
+need the dataset's metadata or the strategy live in `training.lifecycle.check_against_data`.
 """
 
 import dataclasses
+import typing
 
-from tf_sogclr import losses, model, optim, resnet
+from tf_sogclr import checks, losses
+from tf_sogclr.models import dual_encoder, heads, resnet, text
+from tf_sogclr.training import optim
 
 LOSSES = ("sogclr", "simclr")
 TRAIN_MODES = ("pretrain", "finetune")
@@ -15,28 +18,8 @@ MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
 # What pretraining does after a step with a non-finite loss term, projection or gradient (the
 # update of that step is never applied): stop with an error, or go on.
 NONFINITE_POLICIES = ("stop", "skip")
-
-
-def _fail(flag, accepted, value):
-    raise ValueError(f"--{flag} must be {accepted}, got {value!r}.")
-
-
-def _positive_int(flag, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        _fail(flag, "an integer >= 0" if allow_zero else "an integer >= 1", value)
-
-
-def _choice(flag, value, choices):
-    if value not in choices:
-        _fail(flag, f"one of {', '.join(map(str, choices))}", value)
-
-
-def _in_range(flag, value, low, high, low_open=False, high_open=False):
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        _fail(flag, f"a number in {interval}", value)
+MODALITIES = ("unimodal", "bimodal")
+BIMODAL_TEMPERATURE = losses.CLIP_TEMPERATURE  # --temperature's default with --modality=bimodal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +39,11 @@ class DataConfig:
 
     def validate(self):
         if not self.dataset:
-            _fail("dataset", "a TFDS dataset name", self.dataset)
-        _positive_int("image_size", self.image_size)
-        _in_range("color_jitter_strength", self.color_jitter_strength, 0.0, 1.0)
-        _in_range("crop_area_min", self.crop_area_min, 0.0, 1.0, low_open=True)
-        _positive_int("shuffle_buffer", self.shuffle_buffer)
+            checks.fail("--dataset", "a TFDS dataset name", self.dataset)
+        checks.positive_int("--image_size", self.image_size)
+        checks.in_range("--color_jitter_strength", self.color_jitter_strength, 0.0, 1.0)
+        checks.in_range("--crop_area_min", self.crop_area_min, 0.0, 1.0, low_open=True)
+        checks.positive_int("--shuffle_buffer", self.shuffle_buffer)
         return self
 
 
@@ -80,14 +63,14 @@ class ModelConfig:
     fine_tune_after_block: int = -1
 
     def validate(self):
-        _choice("resnet_depth", self.resnet_depth, resnet.RESNET_DEPTHS)
-        _in_range("width_multiplier", self.width_multiplier, 0.0, 64.0, low_open=True)
-        _in_range("batch_norm_decay", self.batch_norm_decay, 0.0, 1.0, high_open=True)
-        _choice("proj_head_mode", self.proj_head_mode, model.PROJECTION_HEAD_MODES)
-        _positive_int("proj_out_dim", self.proj_out_dim)
-        _positive_int("num_proj_layers", self.num_proj_layers)
-        _in_range("ft_proj_selector", self.ft_proj_selector, 0, self.num_proj_layers)
-        _in_range("fine_tune_after_block", self.fine_tune_after_block, -1, 4)
+        checks.choice("--resnet_depth", self.resnet_depth, resnet.RESNET_DEPTHS)
+        checks.in_range("--width_multiplier", self.width_multiplier, 0.0, 64.0, low_open=True)
+        checks.in_range("--batch_norm_decay", self.batch_norm_decay, 0.0, 1.0, high_open=True)
+        checks.choice("--proj_head_mode", self.proj_head_mode, heads.PROJECTION_HEAD_MODES)
+        checks.positive_int("--proj_out_dim", self.proj_out_dim)
+        checks.positive_int("--num_proj_layers", self.num_proj_layers)
+        checks.in_range("--ft_proj_selector", self.ft_proj_selector, 0, self.num_proj_layers)
+        checks.in_range("--fine_tune_after_block", self.fine_tune_after_block, -1, 4)
         return self
 
     @property
@@ -108,18 +91,19 @@ class LossConfig:
     hidden_norm: bool = True
 
     def validate(self):
-        _choice("loss", self.loss, LOSSES)
-        _in_range("temperature", self.temperature, 0.0, float("inf"), low_open=True,
-                  high_open=True)
-        _in_range("gamma", self.gamma, 0.0, 1.0, low_open=True)
-        _choice("gamma_schedule", self.gamma_schedule, losses.GAMMA_SCHEDULES)
+        checks.choice("--loss", self.loss, LOSSES)
+        checks.in_range("--temperature", self.temperature, 0.0, float("inf"), low_open=True,
+                        high_open=True)
+        checks.in_range("--gamma", self.gamma, 0.0, 1.0, low_open=True)
+        checks.choice("--gamma_schedule", self.gamma_schedule, losses.GAMMA_SCHEDULES)
         if self.gamma_schedule == "cosine":
             if self.gamma_decay_epochs is None:
-                _fail("gamma_decay_epochs", "an integer >= 1 with --gamma_schedule=cosine", None)
-            _positive_int("gamma_decay_epochs", self.gamma_decay_epochs)
+                checks.fail("--gamma_decay_epochs",
+                            "an integer >= 1 with --gamma_schedule=cosine", None)
+            checks.positive_int("--gamma_decay_epochs", self.gamma_decay_epochs)
         elif self.gamma_decay_epochs is not None:
-            _fail("gamma_decay_epochs", "unset unless --gamma_schedule=cosine",
-                  self.gamma_decay_epochs)
+            checks.fail("--gamma_decay_epochs", "unset unless --gamma_schedule=cosine",
+                        self.gamma_decay_epochs)
         return self
 
 
@@ -135,14 +119,14 @@ class OptimizerConfig:
     warmup_epochs: float = 10.0
 
     def validate(self):
-        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        _in_range("learning_rate", self.learning_rate, 0.0, float("inf"), low_open=True,
-                  high_open=True)
-        _choice("learning_rate_scaling", self.learning_rate_scaling,
-                optim.LEARNING_RATE_SCALINGS)
-        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _in_range("warmup_epochs", self.warmup_epochs, 0.0, float("inf"), high_open=True)
+        checks.choice("--optimizer", self.optimizer, optim.OPTIMIZERS)
+        checks.in_range("--learning_rate", self.learning_rate, 0.0, float("inf"), low_open=True,
+                        high_open=True)
+        checks.choice("--learning_rate_scaling", self.learning_rate_scaling,
+                      optim.LEARNING_RATE_SCALINGS)
+        checks.in_range("--momentum", self.momentum, 0.0, 1.0, high_open=True)
+        checks.in_range("--weight_decay", self.weight_decay, 0.0, 1.0)
+        checks.in_range("--warmup_epochs", self.warmup_epochs, 0.0, float("inf"), high_open=True)
         return self
 
 
@@ -167,27 +151,29 @@ class RunConfig:
 
     def validate(self):
         if not self.model_dir:
-            _fail("model_dir", "a directory path", self.model_dir)
-        _positive_int("train_batch_size", self.train_batch_size)
-        _positive_int("train_epochs", self.train_epochs, allow_zero=True)
-        _positive_int("train_steps", self.train_steps, allow_zero=True)
+            checks.fail("--model_dir", "a directory path", self.model_dir)
+        checks.positive_int("--train_batch_size", self.train_batch_size)
+        checks.positive_int("--train_epochs", self.train_epochs, allow_zero=True)
+        checks.positive_int("--train_steps", self.train_steps, allow_zero=True)
         if self.train_epochs == 0 and self.train_steps == 0:
-            _fail("train_epochs", "an integer >= 1 when --train_steps is 0", 0)
-        _positive_int("eval_batch_size", self.eval_batch_size)
-        _positive_int("checkpoint_epochs", self.checkpoint_epochs, allow_zero=True)
-        _positive_int("checkpoint_steps", self.checkpoint_steps, allow_zero=True)
-        _positive_int("keep_checkpoint_max", self.keep_checkpoint_max)
-        _positive_int("steps_per_execution", self.steps_per_execution)
-        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
+            checks.fail("--train_epochs", "an integer >= 1 when --train_steps is 0", 0)
+        checks.positive_int("--eval_batch_size", self.eval_batch_size)
+        checks.positive_int("--checkpoint_epochs", self.checkpoint_epochs, allow_zero=True)
+        checks.positive_int("--checkpoint_steps", self.checkpoint_steps, allow_zero=True)
+        checks.positive_int("--keep_checkpoint_max", self.keep_checkpoint_max)
+        checks.positive_int("--steps_per_execution", self.steps_per_execution)
+        checks.choice("--mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        checks.choice("--nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
         if self.seed is not None:
-            _positive_int("seed", self.seed, allow_zero=True)
+            checks.positive_int("--seed", self.seed, allow_zero=True)
         return self
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    """Everything `train.pretrain` needs."""
+    """Everything unimodal pretraining (`training.lifecycle.pretrain`) needs."""
+
+    modality: typing.ClassVar[str] = "unimodal"  # Which `training.modalities` entry runs it.
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -200,6 +186,60 @@ class PretrainConfig:
             part.validate()
         if self.data.image_size < self.model.min_image_size:
             stem = "small" if self.model.small_image_stem else "standard"
-            _fail("image_size", f">= {self.model.min_image_size} with the {stem} stem "
-                  "(--small_image_stem)", self.data.image_size)
+            checks.fail("--image_size", f">= {self.model.min_image_size} with the {stem} stem "
+                        "(--small_image_stem)", self.data.image_size)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Text encoder, tokenizer and temperature learning of the bimodal model."""
+
+    text_encoder: str = "transformer"
+    vocab_size: int = 1000
+    max_text_length: int = 16
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    learnable_temperature: bool = False
+    temperature_rho: float = 2.0
+
+    def validate(self):
+        checks.choice("--text_encoder", self.text_encoder, text.TEXT_ENCODERS)
+        checks.positive_int("--vocab_size", self.vocab_size)
+        if self.vocab_size < 3:
+            checks.fail("--vocab_size", "an integer >= 3 (padding, unknown, one token)",
+                        self.vocab_size)
+        checks.positive_int("--max_text_length", self.max_text_length)
+        checks.positive_int("--text_width", self.text_width)
+        checks.positive_int("--text_layers", self.text_layers)
+        checks.positive_int("--text_heads", self.text_heads)
+        if self.text_encoder == "transformer" and self.text_width % self.text_heads:
+            checks.fail("--text_width", f"divisible by the {self.text_heads} attention heads",
+                        self.text_width)
+        checks.boolean("--learnable_temperature", self.learnable_temperature)
+        checks.in_range("--temperature_rho", self.temperature_rho, 0.0, 100.0)
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class BimodalConfig:
+    """Everything image-text pretraining needs: the unimodal parts plus `text`."""
+
+    modality: typing.ClassVar[str] = "bimodal"
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig(temperature=BIMODAL_TEMPERATURE)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    run: RunConfig = RunConfig(lineareval_while_pretraining=False)
+    text: TextConfig = TextConfig()
+
+    def validate(self):
+        PretrainConfig(self.data, self.model, self.loss, self.optimizer, self.run).validate()
+        self.text.validate()
+        low, high = dual_encoder.TEMPERATURE_RANGE
+        if self.text.learnable_temperature and not low < self.loss.temperature < high:
+            checks.fail("--temperature", f"in ({low}, {high}) with --learnable_temperature "
+                        "(its initial value)", self.loss.temperature)
         return self

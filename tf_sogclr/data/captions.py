@@ -28,7 +28,8 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import augment, data, fashion_mnist
+from tf_sogclr import data
+from tf_sogclr.data import augment, fashion_mnist
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_KEY, LABEL_KEY = "image", "label"
@@ -110,8 +111,8 @@ def describe_pairs(dataset: str, split: str, data_dir: str | None = None,
     neither captions nor a ClassLabel "label" to make captions from."""
     if not templates or any(t.count("{}") != 1 for t in templates):
         raise ValueError(f"caption templates must each hold one '{{}}', got {templates!r}.")
-    builder = data._builder(dataset, data_dir)  # ValueError for unknown / unprepared datasets
-    match = data._SPLIT_PATTERN.match(split)
+    builder = data.prepared_builder(dataset, data_dir)  # ValueError: unknown / unprepared
+    match = data.SPLIT_PATTERN.match(split)
     splits = sorted(builder.info.splits.keys())
     if match is None or match.group(1) not in builder.info.splits:
         raise ValueError(f"split={split!r} must be one split of {dataset}, optionally sliced "
@@ -171,7 +172,7 @@ def _read_pairs(info, data_dir, shuffle_files, seed, input_context, decode=True)
     read_config = tfds.ReadConfig(
         add_tfds_id=True, shuffle_seed=seed, try_autocache=False,
         **({} if shuffle_files else {"interleave_cycle_length": 1}))
-    ds = builder.as_dataset(split=data._host_split(info.split, input_context),
+    ds = builder.as_dataset(split=data.host_split(info.split, input_context),
                             shuffle_files=shuffle_files, read_config=read_config,
                             decoders={IMAGE_KEY: tfds.decode.SkipDecoding()})
     prompts = tf.constant(class_prompts(info)) if info.templated else None
@@ -188,10 +189,8 @@ def _read_pairs(info, data_dir, shuffle_files, seed, input_context, decode=True)
             captions = tf.reshape(node, [-1])
         out = {LABEL_KEY: label, "captions": captions,
                "index": data.tfds_id_to_index(example["tfds_id"], info.shard_lengths)}
-        if decode:
-            image = tf.io.decode_image(example[IMAGE_KEY], channels=info.channels,
-                                       dtype=tf.uint8, expand_animations=False)
-            out[IMAGE_KEY] = tf.ensure_shape(image, info.image_shape)
+        if decode:  # The checked decoder of every dataset: bad images name their tfds_id.
+            out[IMAGE_KEY] = data.decode_checked(info, example[IMAGE_KEY], example["tfds_id"])
         return out
 
     return ds.map(convert, num_parallel_calls=AUTOTUNE)
@@ -226,10 +225,10 @@ def pair_dataset(
     if augmenter.channels != info.channels:
         raise ValueError(f"augmenter.channels={augmenter.channels} but {info.name} has "
                          f"{info.channels}-channel images.")
-    data._check_positive("shuffle_buffer", shuffle_buffer)
-    data._check_positive("num_epochs", num_epochs, allow_none=True)
-    batch_size = data._batch_size(global_batch_size, input_context)
-    aug_seed, pipeline = data._seeds(seed, deterministic, input_context)
+    data.check_positive("shuffle_buffer", shuffle_buffer)
+    data.check_positive("num_epochs", num_epochs, allow_none=True)
+    batch_size = data.per_replica_batch_size(global_batch_size, input_context)
+    aug_seed, pipeline = data.augmentation_seeds(seed, deterministic, input_context)
     base_seed = tf.constant([aug_seed, pipeline], tf.int64)
 
     def seed_for(counter, salt):
@@ -261,14 +260,14 @@ def pair_dataset(
                 "index": batch["index"], LABEL_KEY: batch[LABEL_KEY]}
 
     ds = ds.enumerate().map(per_batch, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE).with_options(data._options(deterministic))
+    return ds.prefetch(AUTOTUNE).with_options(data.pipeline_options(deterministic))
 
 
 def eval_pairs(info: PairDatasetInfo, batch_size: int, image_size: int, *,
                data_dir: str | None = None, cache: bool = False) -> tf.data.Dataset:
     """One pass in index order: {"image": [b, S, S, C] float32, "label", "index",
     "captions": ragged string [b, (n)]} (templated: the one caption of TEMPLATES[i % T])."""
-    data._check_positive("batch_size", batch_size)
+    data.check_positive("batch_size", batch_size)
     ds = _read_pairs(info, data_dir, shuffle_files=False, seed=None, input_context=None)
     num_templates = len(info.templates)
 

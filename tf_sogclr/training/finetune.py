@@ -1,7 +1,7 @@
 """Supervised fine-tuning of a pretrained encoder with plain Keras `fit` (SimCLR's finetune mode).
 
 The source is a pretraining checkpoint (`tf.train.Checkpoint(model=..., optimizer=...)` written
-by `train.pretrain`) or a SavedModel whose `serving_default` signature maps float32 `images`
+by `training.lifecycle.pretrain`) or a SavedModel whose `serving_default` signature maps float32 `images`
 `[b, H, W, C]` to a dict holding "features" (`tf_sogclr.export`). The classifier is
 
     images [b, H, W, C] in [0, 1] -> encoder -> features [b, f]
@@ -32,13 +32,13 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tf_sogclr import data, distribute, export, optim, resnet, train
-from tf_sogclr import model as model_lib
-from tf_sogclr.config import _choice, _fail, _in_range, _positive_int
+from tf_sogclr import checks, config, data, distribute, export
+from tf_sogclr.models import resnet, sogclr_model
+from tf_sogclr.training import loop, modalities, optim, preemption
 
 SERVING_SIGNATURE = "serving_default"
 FEATURES_KEY = "features"
-HEAD_NAME = model_lib.LINEAR_HEAD_NAME  # "head_supervised": LARS leaves it out of adaptation.
+HEAD_NAME = sogclr_model.LINEAR_HEAD_NAME  # "head_supervised": LARS leaves it out of adaptation.
 ENCODER_NAME = "encoder"
 CONFIG_FILE = "finetune_config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -72,26 +72,27 @@ class FinetuneConfig:
         for flag in ("checkpoint", "finetune_dir"):
             value = getattr(self, flag)
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                _fail(flag, "a non-empty path or unset", value)
-        if not isinstance(self.zero_init_logits_layer, bool):
-            _fail("zero_init_logits_layer", "True or False", self.zero_init_logits_layer)
+                checks.fail(checks.flag(flag), "a non-empty path or unset", value)
+        checks.boolean("--zero_init_logits_layer", self.zero_init_logits_layer)
         if self.fine_tune_after_block is not None:
             value = self.fine_tune_after_block
             if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 4:
-                _fail("fine_tune_after_block", "an integer in [-1, 4]", value)
+                checks.fail("--fine_tune_after_block", "an integer in [-1, 4]", value)
         if self.ft_proj_selector is not None:
-            _positive_int("ft_proj_selector", self.ft_proj_selector, allow_zero=True)
-        _positive_int("train_epochs", self.train_epochs)
-        _positive_int("train_batch_size", self.train_batch_size)
-        _in_range("learning_rate", self.learning_rate, 0.0, float("inf"), low_open=True,
-                  high_open=True)
-        _choice("learning_rate_scaling", self.learning_rate_scaling,
-                optim.LEARNING_RATE_SCALINGS)
-        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _in_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _in_range("warmup_epochs", self.warmup_epochs, 0.0, float("inf"), high_open=True)
+            checks.positive_int("--ft_proj_selector", self.ft_proj_selector, allow_zero=True)
+        checks.positive_int("--train_epochs", self.train_epochs)
+        checks.positive_int("--train_batch_size", self.train_batch_size)
+        self.optimizer_config.validate()
         return self
+
+    @property
+    def optimizer_config(self):
+        """The optimiser settings as a `config.OptimizerConfig` (the one optimiser factory,
+        `optim.build_scheduled_optimizer`, takes that)."""
+        return config.OptimizerConfig(
+            optimizer=self.optimizer, learning_rate=self.learning_rate,
+            learning_rate_scaling=self.learning_rate_scaling, momentum=self.momentum,
+            weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs)
 
 
 class Source(typing.NamedTuple):
@@ -276,8 +277,8 @@ def check_finetune(pretrain_cfg, finetune_cfg, strategy):
     selector = ft_proj_selector(pretrain_cfg, finetune_cfg)
     layers = num_projection_layers(pretrain_cfg.model)
     if selector > layers:
-        _fail("ft_proj_selector", f"in [0, {layers}] (the projection head's layers with "
-              f"--proj_head_mode={pretrain_cfg.model.proj_head_mode})", selector)
+        checks.fail("--ft_proj_selector", f"in [0, {layers}] (the projection head's layers with "
+                    f"--proj_head_mode={pretrain_cfg.model.proj_head_mode})", selector)
     source = resolve_source(pretrain_cfg, finetune_cfg)
     dc = pretrain_cfg.data
     info = data.describe(dc.dataset, dc.train_split, dc.data_dir)
@@ -285,11 +286,11 @@ def check_finetune(pretrain_cfg, finetune_cfg, strategy):
     training_endpoint = None
     if source.kind == "saved_model":
         if selector != 0:
-            _fail("ft_proj_selector", f"0 with a SavedModel source ({source.path}: only its "
-                  "features are used)", selector)
+            checks.fail("--ft_proj_selector", f"0 with a SavedModel source ({source.path}: "
+                        "only its features are used)", selector)
         if after_block not in (-1, 4):
-            _fail("fine_tune_after_block", f"-1 (train all) or 4 (freeze all) with a SavedModel "
-                  f"source ({source.path})", after_block)
+            checks.fail("--fine_tune_after_block", "-1 (train all) or 4 (freeze all) with a "
+                        f"SavedModel source ({source.path})", after_block)
         training_endpoint = check_saved_model(
             source.path, (dc.image_size, dc.image_size, info.channels))
     replicas = strategy.num_replicas_in_sync
@@ -300,8 +301,8 @@ def check_finetune(pretrain_cfg, finetune_cfg, strategy):
     if batch > info.num_split_examples:
         raise ValueError(f"--train_batch_size={batch} is larger than split {info.split!r} of "
                          f"{info.name} ({info.num_split_examples} examples).")
-    train.check_jit_compile(strategy, pretrain_cfg.run.jit_compile)
-    directory = train._worker_dir(finetune_dir(pretrain_cfg, finetune_cfg), strategy)
+    loop.check_jit_compile(strategy, pretrain_cfg.run.jit_compile)
+    directory = preemption.worker_dir(finetune_dir(pretrain_cfg, finetune_cfg), strategy)
     record = _record(pretrain_cfg, finetune_cfg, source, after_block, selector)
     resuming = _check_finetune_dir(directory, record)
     return _Plan(source, info, eval_info, after_block, selector, training_endpoint, directory,
@@ -358,11 +359,11 @@ def _copy_weights(source_layer, target_layer):
 
 
 def load_pretrained(pretrain_cfg, checkpoint, info):
-    """`train.build_model(...)` with the encoder and projection head restored from `checkpoint`.
+    """`modalities.build_sogclr_model(...)` with the encoder and projection head restored from `checkpoint`.
 
     Raises ValueError if the checkpoint does not hold that architecture's encoder and head.
     """
-    model = train.build_model(pretrain_cfg, info, num_replicas=1)
+    model = modalities.build_sogclr_model(pretrain_cfg, info, num_replicas=1)
     # Only the encoder and head: the optimiser, u-table and linear head may differ or be absent.
     parts = tf.train.Checkpoint(encoder=model.encoder, projection_head=model.projection_head)
     problem, logger = None, tf.get_logger()
@@ -465,13 +466,8 @@ def build_optimizer(finetune_cfg, info):
     """The fine-tuning optimiser with SimCLR's warm-up + cosine schedule over the whole run."""
     fc = finetune_cfg
     steps_per_epoch = optim.steps_per_epoch(info.num_split_examples, fc.train_batch_size)
-    warmup = int(round(fc.warmup_epochs * steps_per_epoch))
-    schedule = optim.WarmupCosineDecay(
-        optim.scaled_learning_rate(fc.learning_rate, fc.train_batch_size,
-                                   fc.learning_rate_scaling),
-        warmup_steps=warmup, total_steps=max(fc.train_epochs * steps_per_epoch, warmup + 1))
-    return optim.build_optimizer(fc.optimizer, schedule, momentum=fc.momentum,
-                                 weight_decay=fc.weight_decay)
+    return optim.build_scheduled_optimizer(fc.optimizer_config, fc.train_batch_size,
+                                           steps_per_epoch, fc.train_epochs * steps_per_epoch)
 
 
 # --------------------------------------------------------------------------- the lifecycle

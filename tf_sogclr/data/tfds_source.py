@@ -1,4 +1,4 @@
-"""TFDS input pipelines: stable example indices, two-view pretraining batches, eval batches.
+"""TFDS splits as the pipelines read them: metadata, stable example indices, checked decoding.
 
 Every example gets a stable index in [0, num_examples) from its `tfds_id`
 (docs/algorithm.md, "Example indices"):
@@ -8,20 +8,13 @@ or file order. With a sliced split ("train[:10%]") an example keeps its index in
 split, so the u-table needs `describe(...).num_examples` rows (the full split), not the
 slice.
 
-Pipelines read encoded images and decode them explicitly (`decode_image` with the dataset's
-channel count), batch uint8 images, and augment whole batches (`tf_sogclr.augment`). Datasets
-whose images vary in size (ImageNet) are cropped to image_size per example before batching.
-
-Bad data fails loudly, naming the dataset and split: an empty split, or a split without labels
-where labels are needed, before anything is read (`check_not_empty`, `check_labels`); bytes
-that are no image, or an image whose size differs from a fixed-size dataset's image feature,
-at the batch that holds it (an assertion in the decoder, with the example's tfds_id). Images
-are decoded to the dataset's channel count: a grayscale image in an RGB dataset (ImageNet has
+Every image is decoded by `decode_checked`, for every modality: bytes that are no image, or
+an image whose size differs from a fixed-size dataset's image feature, fail at the batch that
+holds it (an assertion with the example's tfds_id), naming the dataset and split. Images are
+decoded to the dataset's channel count: a grayscale image in an RGB dataset (ImageNet has
 some) becomes RGB, as TFDS decodes it. A dataset without a 'label' feature reads label -1.
-
-Seeds: `seed` fixes file order, shuffling and augmentation (a batch's augmentation seed derives
-from (seed, host, batch number), never from timing); bit-identical runs also need
-deterministic=True, which keeps element order under parallel reads and maps.
+An empty split, or one without labels where labels are needed, fails before anything is read
+(`check_not_empty`, `check_labels`).
 """
 
 from __future__ import annotations
@@ -29,21 +22,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import random
 import re
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import augment
-from tf_sogclr import fashion_mnist  # noqa: F401  (registers the `fashion_mnist_debian` builder)
+from tf_sogclr.data import fashion_mnist  # noqa: F401  (registers `fashion_mnist_debian`)
+
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_KEY, LABEL_KEY = "image", "label"
 _TFDS_ID_PATTERN = r"^.*-(\d+)-of-(\d+)__(\d+)$"
-_SPLIT_PATTERN = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(\[[^\]]*\])?\s*$")
+SPLIT_PATTERN = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(\[[^\]]*\])?\s*$")
 _INT32_MAX = 2**31 - 1
 
 
@@ -72,7 +63,9 @@ class DatasetInfo:
         return None not in self.image_shape[:2]
 
 
-def _builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def prepared_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `dataset`; ValueError (with close names or a hint) when it is
+    unknown or not prepared under `data_dir`."""
     try:
         builder = tfds.builder(dataset, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -87,7 +80,7 @@ def _builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     if not builder.is_prepared():
         prepared = sorted(n for n in (os.listdir(data_dir) if data_dir and os.path.isdir(data_dir)
                                       else []) if not n.startswith(("downloads", ".")))
-        hint = (f" Run tf_sogclr.fashion_mnist.prepare_fashion_mnist({data_dir!r}) first."
+        hint = (f" Run tf_sogclr.data.fashion_mnist.prepare_fashion_mnist({data_dir!r}) first."
                 if builder.name == fashion_mnist.NAME else
                 " Prepare it first (tfds.builder(...).download_and_prepare() where a network "
                 "or manual files are available).")
@@ -104,9 +97,9 @@ def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetIn
     that exist), a split union ("train+test"), or a dataset without an 'image' feature. A
     dataset without a ClassLabel 'label' feature gets `num_classes=None`.
     """
-    builder = _builder(dataset, data_dir)
+    builder = prepared_builder(dataset, data_dir)
     splits = sorted(builder.info.splits.keys())
-    match = _SPLIT_PATTERN.match(split)
+    match = SPLIT_PATTERN.match(split)
     if match is None:
         raise ValueError(
             f"split={split!r} must be one split name, optionally sliced (e.g. 'train' or "
@@ -194,9 +187,6 @@ def tfds_id_to_index(tfds_ids: tf.Tensor, shard_lengths) -> tf.Tensor:
         return tf.cast(tf.gather(starts, shard) + offset, tf.int32)
 
 
-# --------------------------------------------------------------------------- checks
-
-
 def check_not_empty(info: DatasetInfo) -> None:
     """Raises ValueError if the (possibly sliced) split yields no examples."""
     if info.num_split_examples == 0:
@@ -224,7 +214,7 @@ def _looks_like_image(encoded: tf.Tensor) -> tf.Tensor:
     return ok
 
 
-def _decode_checked(info: DatasetInfo, encoded: tf.Tensor, tfds_id: tf.Tensor) -> tf.Tensor:
+def decode_checked(info: DatasetInfo, encoded: tf.Tensor, tfds_id: tf.Tensor) -> tf.Tensor:
     """Decodes one image to `info.channels` channels (a grayscale image in an RGB dataset is
     converted, as TFDS does: ImageNet holds some); fails naming dataset, split and example for
     bytes that are no image, or an image of another size than a fixed-size dataset's."""
@@ -246,10 +236,7 @@ def _decode_checked(info: DatasetInfo, encoded: tf.Tensor, tfds_id: tf.Tensor) -
     return tf.ensure_shape(image, info.image_shape)
 
 
-# --------------------------------------------------------------------------- reading
-
-
-def _check_channels(info: DatasetInfo, channels: int | None) -> int:
+def check_channels(info: DatasetInfo, channels: int | None) -> int:
     if channels is not None and channels != info.channels:
         raise ValueError(
             f"channels={channels} requested but {info.name} has {info.channels}-channel images "
@@ -257,7 +244,8 @@ def _check_channels(info: DatasetInfo, channels: int | None) -> int:
     return info.channels
 
 
-def _check_positive(name: str, value, allow_none: bool = False) -> None:
+def check_positive(name: str, value, allow_none: bool = False) -> None:
+    """Raises ValueError unless `value` is an int >= 1 (or None with `allow_none`)."""
     if value is None and allow_none:
         return
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -265,7 +253,7 @@ def _check_positive(name: str, value, allow_none: bool = False) -> None:
                          f"got {value!r}")
 
 
-def _host_split(split: str, input_context: tf.distribute.InputContext | None):
+def host_split(split: str, input_context: tf.distribute.InputContext | None):
     """This host's share of `split`: contiguous, disjoint, covering the split over all hosts."""
     if input_context is None or input_context.num_input_pipelines == 1:
         return split
@@ -273,7 +261,7 @@ def _host_split(split: str, input_context: tf.distribute.InputContext | None):
         input_context.input_pipeline_id]
 
 
-def _read(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | None,
+def read_split(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | None,
           input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
     """Per-example {"image": uint8 [H, W, C], "label": int64 [], "tfds_id": string []}."""
     builder = tfds.builder(info.name, data_dir=data_dir)
@@ -282,14 +270,14 @@ def _read(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | None,
         add_tfds_id=True, shuffle_seed=seed, try_autocache=False,
         **({} if shuffle_files else {"interleave_cycle_length": 1}))
     ds = builder.as_dataset(
-        split=_host_split(info.split, input_context),
+        split=host_split(info.split, input_context),
         shuffle_files=shuffle_files,
         read_config=read_config,
         decoders={IMAGE_KEY: tfds.decode.SkipDecoding()},
     )
 
     def decode(example):
-        image = _decode_checked(info, example[IMAGE_KEY], example["tfds_id"])
+        image = decode_checked(info, example[IMAGE_KEY], example["tfds_id"])
         label = (tf.cast(example[LABEL_KEY], tf.int64) if info.num_classes is not None
                  else tf.constant(-1, tf.int64))
         return {IMAGE_KEY: image, LABEL_KEY: label, "tfds_id": example["tfds_id"]}
@@ -312,212 +300,8 @@ def read_examples(
     `input_pipeline_id` reads its contiguous 1/num_input_pipelines share.
     """
     info = describe(dataset, split, data_dir)
-    ds = _read(info, data_dir, shuffle_files, seed, input_context)
+    ds = read_split(info, data_dir, shuffle_files, seed, input_context)
     return ds.map(
         lambda ex: {IMAGE_KEY: ex[IMAGE_KEY], LABEL_KEY: ex[LABEL_KEY],
                     "index": tfds_id_to_index(ex["tfds_id"], info.shard_lengths)},
         num_parallel_calls=AUTOTUNE)
-
-
-def _batch_size(global_batch_size: int, input_context) -> int:
-    _check_positive("global_batch_size", global_batch_size)
-    if input_context is None:
-        return global_batch_size
-    replicas = input_context.num_replicas_in_sync
-    if global_batch_size % replicas:
-        raise ValueError(f"global_batch_size={global_batch_size} must be divisible by the "
-                         f"{replicas} replicas in sync")
-    return input_context.get_per_replica_batch_size(global_batch_size)
-
-
-def _options(deterministic: bool) -> tf.data.Options:
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    options.autotune.enabled = True
-    return options
-
-
-def _seeds(seed: int | None, deterministic: bool, input_context) -> tuple[int, int]:
-    """(augmentation seed, pipeline id); a random augmentation seed when none is given."""
-    if deterministic and seed is None:
-        raise ValueError("deterministic=True needs an integer seed (got seed=None)")
-    if seed is not None and not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
-    pipeline = 0 if input_context is None else input_context.input_pipeline_id
-    return (random.SystemRandom().randrange(2**31) if seed is None else int(seed)), pipeline
-
-
-# --------------------------------------------------------------------------- pipelines
-
-
-def _augmented_batches(info, data_dir, batch_size, augmenter, num_views, shuffle_buffer,
-                       num_epochs, cache, seed, deterministic, input_context):
-    """Shuffled, repeated batches {"views": num_views x [b, S, S, C], "index", "label"}."""
-    _check_positive("shuffle_buffer", shuffle_buffer)
-    _check_positive("num_epochs", num_epochs, allow_none=True)
-    aug_seed, pipeline = _seeds(seed, deterministic, input_context)
-    base_seed = tf.constant([aug_seed, pipeline], tf.int64)
-
-    def view_seeds(counter, salt):
-        seed = tf.random.experimental.stateless_fold_in(base_seed, counter)
-        seed = tf.random.experimental.stateless_fold_in(seed, salt)
-        return tf.unstack(tf.random.experimental.stateless_split(seed, num_views))
-
-    ds = _read(info, data_dir, shuffle_files=True, seed=seed, input_context=input_context)
-    if cache:
-        ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat(num_epochs)
-    if not info.fixed_size:  # Images vary in size: crop each to S x S before batching.
-        def crop(counter, ex):
-            image = ex.pop(IMAGE_KEY)[None]
-            ex["views"] = tuple(augmenter.crop_and_flip(image, s)[0]
-                                for s in view_seeds(counter, 0))
-            return ex
-
-        ds = ds.enumerate().map(crop, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE)
-
-    def views(counter, batch):
-        if info.fixed_size:
-            out = tuple(augmenter(batch[IMAGE_KEY], s) for s in view_seeds(counter, 1))
-        else:
-            out = tuple(augmenter.distort(v, s)
-                        for v, s in zip(batch["views"], view_seeds(counter, 1)))
-        return {"views": out, LABEL_KEY: batch[LABEL_KEY],
-                "index": tfds_id_to_index(batch["tfds_id"], info.shard_lengths)}
-
-    return ds.enumerate().map(views, num_parallel_calls=AUTOTUNE)
-
-
-def pretrain_dataset(
-    dataset: str,
-    split: str,
-    global_batch_size: int,
-    augmenter: augment.SimCLRAugment,
-    *,
-    data_dir: str | None = None,
-    shuffle_buffer: int = 10_000,
-    num_epochs: int | None = None,
-    cache: bool = False,
-    seed: int | None = None,
-    deterministic: bool = False,
-    channels: int | None = None,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """Batches {"view1", "view2": [b, S, S, C] float32, "index": [b] int32, "label": [b] int64}.
-
-    b = global_batch_size, or its per-replica share with an input_context (which also shards
-    hosts); shuffled, repeated `num_epochs` times (None: forever), drop_remainder=True.
-    """
-    info = describe(dataset, split, data_dir)
-    check_not_empty(info)
-    if augmenter.channels != _check_channels(info, channels):
-        raise ValueError(f"augmenter.channels={augmenter.channels} but {info.name} has "
-                         f"{info.channels}-channel images")
-    batch_size = _batch_size(global_batch_size, input_context)
-    ds = _augmented_batches(info, data_dir, batch_size, augmenter, 2, shuffle_buffer,
-                            num_epochs, cache, seed, deterministic, input_context)
-    ds = ds.map(lambda b: {"view1": b["views"][0], "view2": b["views"][1],
-                           "index": b["index"], LABEL_KEY: b[LABEL_KEY]})
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
-
-
-def _eval_batches(info, ds, batch_size, image_size, crop_proportion, drop_remainder):
-    def preprocess(images):
-        return augment.preprocess_for_eval(images, image_size, crop_proportion)
-
-    if not info.fixed_size:
-        ds = ds.map(lambda ex: {**ex, IMAGE_KEY: preprocess(ex[IMAGE_KEY][None])[0]},
-                    num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    if info.fixed_size:
-        ds = ds.map(lambda b: {**b, IMAGE_KEY: preprocess(b[IMAGE_KEY])},
-                    num_parallel_calls=AUTOTUNE)
-    return ds
-
-
-def eval_dataset(
-    dataset: str,
-    split: str,
-    global_batch_size: int,
-    image_size: int,
-    *,
-    data_dir: str | None = None,
-    drop_remainder: bool = False,
-    crop_proportion: float | None = None,
-    cache: bool = False,
-    channels: int | None = None,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """One pass in index order: {"image": [b, S, S, C] float32, "label": [b] int64, "index"}.
-
-    No augmentation (`augment.preprocess_for_eval`). drop_remainder=False keeps every example
-    (last batch smaller: fine on CPU/GPU); True gives static shapes for XLA/TPU but skips the
-    last num_split_examples % b examples, as SimCLR's TPU eval does.
-    """
-    info = describe(dataset, split, data_dir)
-    check_not_empty(info)
-    _check_channels(info, channels)
-    batch_size = _batch_size(global_batch_size, input_context)
-    ds = _read(info, data_dir, shuffle_files=False, seed=None, input_context=input_context)
-    ds = ds.map(lambda ex: {IMAGE_KEY: ex[IMAGE_KEY], LABEL_KEY: ex[LABEL_KEY],
-                            "index": tfds_id_to_index(ex["tfds_id"], info.shard_lengths)},
-                num_parallel_calls=AUTOTUNE)
-    if cache:
-        ds = ds.cache()
-    ds = _eval_batches(info, ds, batch_size, image_size, crop_proportion, drop_remainder)
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
-
-
-def finetune_dataset(
-    dataset: str,
-    split: str,
-    global_batch_size: int,
-    image_size: int,
-    *,
-    data_dir: str | None = None,
-    crop_area_min: float = 0.08,
-    shuffle_buffer: int = 10_000,
-    num_epochs: int | None = 1,
-    cache: bool = False,
-    seed: int | None = None,
-    deterministic: bool = False,
-    channels: int | None = None,
-    input_context: tf.distribute.InputContext | None = None,
-) -> tf.data.Dataset:
-    """Shuffled (image [b, S, S, C] float32, label [b] int64) batches for Keras `fit`.
-
-    SimCLR's fine-tuning augmentation (random resized crop and flip, no colour), drop_remainder;
-    one epoch per iteration by default, so `fit(epochs=...)` counts epochs.
-    """
-    info = describe(dataset, split, data_dir)
-    check_not_empty(info)
-    check_labels(info, "Fine-tuning")
-    augmenter = augment.SimCLRAugment(
-        image_size=image_size, channels=_check_channels(info, channels),
-        crop_area_min=crop_area_min, color_distort=False)
-    batch_size = _batch_size(global_batch_size, input_context)
-    ds = _augmented_batches(info, data_dir, batch_size, augmenter, 1, shuffle_buffer,
-                            num_epochs, cache, seed, deterministic, input_context)
-    ds = ds.map(lambda b: (b["views"][0], b[LABEL_KEY]))
-    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
-
-
-def _distribute(strategy: tf.distribute.Strategy,
-                dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
-    return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def distributed_pretrain_dataset(strategy: tf.distribute.Strategy, *args, **kwargs):
-    """`pretrain_dataset(*args, **kwargs)` distributed: per-replica batches of global / replicas."""
-    if "input_context" in kwargs:
-        raise ValueError("input_context is supplied by the strategy; do not pass it")
-    return _distribute(strategy, lambda ctx: pretrain_dataset(*args, input_context=ctx, **kwargs))
-
-
-def distributed_eval_dataset(strategy: tf.distribute.Strategy, *args, **kwargs):
-    """`eval_dataset(*args, **kwargs)` distributed by `strategy` (per-replica batches)."""
-    if "input_context" in kwargs:
-        raise ValueError("input_context is supplied by the strategy; do not pass it")
-    return _distribute(strategy, lambda ctx: eval_dataset(*args, input_context=ctx, **kwargs))

@@ -1,4 +1,4 @@
-"""SavedModel export of the encoder (and heads), and loading it back for Keras fine-tuning.
+"""SavedModel export of an image encoder (and its heads), and loading it back.
 
 `export_saved_model` writes a SavedModel whose object holds:
 
@@ -14,29 +14,25 @@ precision). "projection" and "logits" are there only when the model has those he
 variables stay trainable, so `keras.layers.TFSMLayer(path, call_endpoint="serving_default")`
 (or "serve" with `call_training_endpoint="serve_training"`) fine-tunes the encoder with `fit`.
 
-Writes are atomic where the file system allows it: the SavedModel is written to a sibling
-`<export_dir>.tmp-<pid>-<token>` and renamed into place, so a killed export leaves only a
-`.tmp-` directory, which `latest_export` ignores. Object stores (gs://) have no atomic
-directory rename; there `latest_export` also checks that the variables index (the last file
-moved) is present. All file operations use `tf.io.gfile`. With several workers, export from
-the chief only. `load_encoder` loads an export back (features for k-NN or linear evaluation).
+Atomic writes and rotation: `export.saved_model`. `load_encoder` loads an export back
+(features for k-NN or linear evaluation).
 """
 
 import numbers
-import os
-import uuid
 
 import keras
 import tensorflow as tf
+
+from tf_sogclr import checks
+from tf_sogclr.export import saved_model
+from tf_sogclr.export.saved_model import check_image_shape, check_path, check_step
+
 
 SERVING_SIGNATURE = "serving_default"
 SERVE_ENDPOINT = "serve"
 TRAINING_ENDPOINT = "serve_training"
 FEATURES_ENDPOINT = "features"
 INPUT_NAME = "images"
-
-_TMP_MARKER = ".tmp-"
-_OLD_MARKER = ".old-"
 
 
 def export_saved_model(model, export_dir, image_shape, include_projection=True,
@@ -47,47 +43,15 @@ def export_saved_model(model, export_dir, image_shape, include_projection=True,
     features `[b, f]`); `image_shape` is `(H, W, C)` (H, W may be None). Call it from the
     cross-replica context (not inside `strategy.run`).
     """
-    export_dir = _check_path("export_dir", export_dir)
-    image_shape = _check_image_shape(image_shape)
-    _check_bool("include_projection", include_projection)
-    _check_bool("include_logits", include_logits)
-    _check_bool("overwrite", overwrite)
-    _check_destination(export_dir, overwrite)
+    export_dir = check_path("export_dir", export_dir)
+    image_shape = check_image_shape(image_shape)
+    checks.boolean("include_projection", include_projection)
+    checks.boolean("include_logits", include_logits)
+    checks.boolean("overwrite", overwrite)
+    saved_model.check_destination(export_dir, overwrite)
     module = _export_module(model, image_shape, include_projection, include_logits)
-    return save_atomically(module, export_dir, {
+    return saved_model.save_atomically(module, export_dir, {
         SERVING_SIGNATURE: getattr(module, SERVE_ENDPOINT).get_concrete_function()}, overwrite)
-
-
-def save_atomically(module, export_dir, signatures, overwrite=False):
-    """`tf.saved_model.save(module, ...)` to a `.tmp-` sibling, renamed to `export_dir`.
-
-    The write pattern of `export_saved_model`, for any trackable `module` with its own
-    `signatures` (dict name -> concrete function). Returns `export_dir`.
-    """
-    export_dir = _check_path("export_dir", export_dir)
-    _check_bool("overwrite", overwrite)
-    _check_destination(export_dir, overwrite)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp_dir = f"{export_dir}{_TMP_MARKER}{token}"
-    try:
-        tf.saved_model.save(module, tmp_dir, signatures=signatures)
-    except BaseException:
-        if tf.io.gfile.exists(tmp_dir):
-            tf.io.gfile.rmtree(tmp_dir)
-        raise
-    _move_into_place(tmp_dir, export_dir, f"{export_dir}{_OLD_MARKER}{token}")
-    return export_dir
-
-
-def _check_destination(export_dir, overwrite):
-    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-        raise ValueError("exports must be written from the cross-replica context, "
-                         "not inside strategy.run.")
-    if _non_empty_dir(export_dir) and not overwrite:
-        raise ValueError(f"export_dir {export_dir!r} exists and is not empty; pass "
-                         "overwrite=True to replace it.")
-    if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
-        raise ValueError(f"export_dir {export_dir!r} exists and is not a directory.")
 
 
 def export_for_step(model, base_dir, step, image_shape, keep_max=5, include_projection=True,
@@ -97,31 +61,15 @@ def export_for_step(model, base_dir, step, image_shape, keep_max=5, include_proj
     Numeric subdirectories beyond the newest `keep_max` are deleted; other entries are left
     alone. An existing `<step>` export is replaced unless `overwrite=False`. Returns the path.
     """
-    base_dir = _check_path("base_dir", base_dir)
-    step = _check_step(step)
+    base_dir = check_path("base_dir", base_dir)
+    step = check_step(step)
     if isinstance(keep_max, bool) or not isinstance(keep_max, numbers.Integral) or keep_max < 1:
         raise ValueError(f"keep_max must be an integer >= 1, got {keep_max!r}.")
-    path = export_saved_model(model, _join(base_dir, str(step)), image_shape,
+    path = export_saved_model(model, saved_model.join_path(base_dir, str(step)), image_shape,
                               include_projection=include_projection,
                               include_logits=include_logits, overwrite=overwrite)
-    remove_old_exports(base_dir, keep_max)
+    saved_model.remove_old_exports(base_dir, keep_max)
     return path
-
-
-def remove_old_exports(base_dir, keep_max):
-    """Deletes the numeric subdirectories of `base_dir` beyond the newest `keep_max`."""
-    for old_step in sorted(_numeric_subdirs(base_dir))[:-keep_max]:
-        tf.io.gfile.rmtree(_join(base_dir, str(old_step)))
-
-
-def latest_export(base_dir):
-    """Path of the complete export with the largest numeric name under `base_dir`, or None."""
-    base_dir = _check_path("base_dir", base_dir)
-    for step in sorted(_numeric_subdirs(base_dir), reverse=True):
-        path = _join(base_dir, str(step))
-        if _is_complete(path):
-            return path
-    return None
 
 
 def load_encoder(path):
@@ -129,8 +77,8 @@ def load_encoder(path):
 
     Unlike the object of `tf.saved_model.load`, its bound endpoints keep the variables alive.
     """
-    path = _check_path("path", path)
-    if not _is_complete(path):
+    path = check_path("path", path)
+    if not saved_model.is_complete_export(path):
         raise ValueError(f"path {path!r} is not a complete SavedModel export "
                          "(no saved_model.pb and variables index).")
     return LoadedEncoder(tf.saved_model.load(path), path)
@@ -228,85 +176,3 @@ def _export_module(model, image_shape, include_projection, include_logits):
         function.get_concrete_function()  # Trace now: errors before anything is written.
         setattr(module, name, function)
     return module
-
-
-def _move_into_place(tmp_dir, export_dir, old_dir):
-    """Renames `tmp_dir` to `export_dir`; a previous export is moved aside, then deleted."""
-    moved_aside = False
-    try:
-        if tf.io.gfile.exists(export_dir):
-            if tf.io.gfile.listdir(export_dir):
-                tf.io.gfile.rename(export_dir, old_dir)
-                moved_aside = True
-            else:
-                tf.io.gfile.rmtree(export_dir)
-        parent = os.path.dirname(export_dir)
-        if parent:
-            tf.io.gfile.makedirs(parent)
-        tf.io.gfile.rename(tmp_dir, export_dir)
-    except BaseException:
-        if moved_aside and not tf.io.gfile.exists(export_dir):
-            tf.io.gfile.rename(old_dir, export_dir)
-        if tf.io.gfile.exists(tmp_dir):
-            tf.io.gfile.rmtree(tmp_dir)
-        raise
-    if moved_aside:
-        tf.io.gfile.rmtree(old_dir)
-
-
-def _numeric_subdirs(base_dir):
-    """Integer names of the subdirectories of `base_dir` that are all digits."""
-    if not tf.io.gfile.isdir(base_dir):
-        return []
-    names = (name.rstrip("/") for name in tf.io.gfile.listdir(base_dir))
-    return [int(name) for name in names if name.isdigit()]
-
-
-def _is_complete(path):
-    # On object stores the rename copies files in name order: variables.index comes last.
-    return (tf.io.gfile.exists(_join(path, "saved_model.pb"))
-            and tf.io.gfile.exists(_join(path, "variables", "variables.index")))
-
-
-def _non_empty_dir(path):
-    return tf.io.gfile.isdir(path) and bool(tf.io.gfile.listdir(path))
-
-
-def _join(*parts):
-    return "/".join(p.rstrip("/") for p in parts)
-
-
-def _check_path(argument, path):
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str) or not path.rstrip("/"):
-        raise ValueError(f"{argument} must be a non-empty path string, got {path!r}.")
-    return path.rstrip("/")
-
-
-def _check_step(step):
-    if hasattr(step, "numpy"):  # Integer tensors and variables (optimizer.iterations).
-        step = step.numpy()
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}.")
-    return int(step)
-
-
-def _check_image_shape(image_shape):
-    try:
-        shape = tuple(image_shape)
-    except TypeError:
-        shape = None
-    ok = shape is not None and len(shape) == 3 and all(
-        (d is None and i < 2) or (isinstance(d, numbers.Integral) and not isinstance(d, bool)
-                                  and d >= 1)
-        for i, d in enumerate(shape))
-    if not ok:
-        raise ValueError("image_shape must be (height, width, channels) with positive integers "
-                         f"(height and width may be None), got {image_shape!r}.")
-    return tuple(None if d is None else int(d) for d in shape)
-
-
-def _check_bool(argument, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{argument} must be True or False, got {value!r}.")

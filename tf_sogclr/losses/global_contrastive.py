@@ -1,18 +1,10 @@
-"""Global contrastive losses (SogCLR, ICML 2022) and the SimCLR NT-Xent control.
+"""SogCLR's global contrastive losses (ICML 2022): unimodal and two-way (image-text).
 
-All losses take per-replica projections and contrast each local anchor against the *global*
-batch (every replica's rows, gathered differentiably). Maths follow docs/algorithm.md
-("The step", "Image-text"): similarities are dot products of L2-normalised float32 vectors,
-whatever the input dtype.
-
-Where each input check lives (GPU and TPU scatters drop or clamp bad rows silently):
-
-* ranks, dtypes and static batch sizes: at trace time, `ValueError`;
-* indices outside [0, num_examples): eagerly a `ValueError` before anything runs; in a
-  `tf.function` a `tf.debugging` assertion that fails the step before the table is read;
-* under `jit_compile=True` XLA drops assertions, so every step also reports
-  `metrics["input_ok"]` (1.0 or 0.0: indices in range and projections finite) and a step
-  with `input_ok == 0` leaves the table unchanged. Training loops raise on it.
+Each local anchor is contrasted with the *global* batch (every replica's rows, gathered
+differentiably); the per-example moving averages live in `u_table.UTable` layers, read and
+written for the global batch's rows only. Maths: docs/algorithm.md ("The step", "Numerics",
+"Image-text"); similarities are dot products of L2-normalised float32 vectors, whatever the
+input dtype. Input checks: `losses.inputs`.
 """
 
 import math
@@ -22,18 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sogclr import distribute
-from tf_sogclr.u_table import UTable, log_add_exp, moving_average_log_u
+from tf_sogclr.losses import inputs
+from tf_sogclr.losses.u_table import UTable, log_add_exp, moving_average_log_u
+
 
 GAMMA_SCHEDULES = ("constant", "cosine")
-
-__all__ = [
-    "GAMMA_SCHEDULES",
-    "GlobalContrastiveLoss",
-    "BimodalGlobalContrastiveLoss",
-    "NTXentLoss",
-    "nt_xent_loss",
-    "gamma_for_epoch",
-]
 
 
 def gamma_for_epoch(epoch, gamma, gamma_schedule="constant", gamma_decay_epochs=None):
@@ -74,62 +59,6 @@ def _validate_hyperparameters(num_examples, temperature, gamma, gamma_schedule, 
         )
 
 
-def _check_pair(z1, z2, index, names):
-    """Trace-time checks of two `[b, d]` projections and `[b]` indices; returns them as tensors."""
-    z1 = tf.convert_to_tensor(z1)
-    z2 = tf.convert_to_tensor(z2)
-    for name, z in zip(names[:2], (z1, z2)):
-        if z.shape.rank != 2:
-            raise ValueError(f"{name} must have shape [batch, dim], got shape {z.shape}.")
-        if not z.dtype.is_floating:
-            raise ValueError(f"{name} must be a float tensor, got dtype {z.dtype.name}.")
-    if not z1.shape.is_compatible_with(z2.shape):
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same shape, got {z1.shape} and {z2.shape}."
-        )
-    if index is None:
-        return z1, z2, None
-    index = tf.convert_to_tensor(index)
-    if index.shape.rank != 1:
-        raise ValueError(f"{names[2]} must have shape [batch], got shape {index.shape}.")
-    if not index.dtype.is_integer:
-        raise ValueError(f"{names[2]} must be an integer tensor, got dtype {index.dtype.name}.")
-    if not index.shape[:1].is_compatible_with(z1.shape[:1]):
-        raise ValueError(
-            f"{names[2]} has {index.shape[0]} rows but {names[0]} has {z1.shape[0]}; "
-            "they must match."
-        )
-    return z1, z2, index
-
-
-def _check_index_range(index, num_examples, name):
-    """Raises eagerly, or returns assertion ops (dropped by XLA) for indices in [0, N)."""
-    if tf.executing_eagerly():
-        values = index.numpy()
-        bad = values[(values < 0) | (values >= num_examples)]
-        if bad.size:
-            raise ValueError(
-                f"{name} must be in [0, num_examples={num_examples}), got {bad[:8].tolist()}."
-            )
-        return []
-    message = f"{name} must be in [0, num_examples={num_examples})"
-    return [
-        tf.debugging.assert_non_negative(index, message=message),
-        tf.debugging.assert_less(index, tf.cast(num_examples, index.dtype), message=message),
-    ]
-
-
-def _normalize(z, normalize):
-    z = tf.cast(z, tf.float32)
-    return tf.math.l2_normalize(z, axis=-1) if normalize else z
-
-
-def _not_self_mask(local_batch_size, global_batch_size):
-    """Bool `[b, B]`: False at each local anchor's own row of the global batch."""
-    rows = distribute.replica_row_offset(local_batch_size) + tf.range(local_batch_size)
-    return tf.not_equal(rows[:, None], tf.range(global_batch_size)[None, :])
-
-
 def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, num_negatives):
     """One anchor direction of docs/algorithm.md, "The step".
 
@@ -147,17 +76,6 @@ def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, 
     loss = -positive + tf.reduce_sum(weights * sims, axis=1) / num_negatives
     correct = positive * (1.0 / temperature) > row_max
     return loss, log_u, correct
-
-
-def _accept_step(index_global, num_examples, *projections):
-    """Scalar bool, identical on every replica: all indices in range, all projections finite."""
-    ok = tf.logical_and(
-        tf.reduce_all(index_global >= 0),
-        tf.reduce_all(index_global < tf.cast(num_examples, index_global.dtype)),
-    )
-    for z in projections:
-        ok = tf.logical_and(ok, tf.reduce_all(tf.math.is_finite(z)))
-    return ok
 
 
 def _u_stats(log_u):
@@ -211,18 +129,22 @@ class _GlobalContrastiveBase(keras.layers.Layer):
         """Sets the gamma used by the next steps; call at the start of every epoch."""
         self.current_gamma.assign(self.gamma_for_epoch(epoch))
 
+    def schedule_logs(self):
+        """{"gamma": float32 scalar}: the schedule's current value, for training logs."""
+        return {"gamma": tf.convert_to_tensor(self.current_gamma.value)}
+
     def _prepare(self, z1, z2, index, names):
         """Checks, normalises and gathers; returns local and global tensors and accept flag."""
-        z1, z2, index = _check_pair(z1, z2, index, names)
-        checks = _check_index_range(index, self.num_examples, names[2])
+        z1, z2, index = inputs.check_pair(z1, z2, index, names)
+        checks = inputs.check_index_range(index, self.num_examples, names[2])
         with tf.control_dependencies(checks):
             index = tf.identity(index)
-        z1 = _normalize(z1, self.normalize)
-        z2 = _normalize(z2, self.normalize)
+        z1 = inputs.normalize_projections(z1, self.normalize)
+        z2 = inputs.normalize_projections(z2, self.normalize)
         z1_all = distribute.cross_replica_concat(z1)
         z2_all = distribute.cross_replica_concat(z2)
         index_all = distribute.cross_replica_concat(index)
-        accept = _accept_step(index_all, self.num_examples, z1_all, z2_all)
+        accept = inputs.accept_step(index_all, self.num_examples, z1_all, z2_all)
         safe = lambda i: tf.clip_by_value(tf.cast(i, tf.int32), 0, self.num_examples - 1)
         return z1, z2, safe(index), z1_all, z2_all, safe(index_all), accept
 
@@ -272,7 +194,7 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
             z1, z2, index, ("z1", "z2", "index"))
         batch = tf.shape(z1)[0]
         global_batch = tf.shape(z1_all)[0]
-        not_self = _not_self_mask(batch, global_batch)
+        not_self = inputs.not_self_mask(batch, global_batch)
         negatives = tf.concat([not_self, not_self], axis=1)  # [b, 2B]
         num_negatives = 2.0 * (tf.cast(global_batch, tf.float32) - 1.0)
         positive = tf.reduce_sum(z1 * z2, axis=1)
@@ -303,6 +225,10 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
     def estimates(self):
         """The table in linear scale, float32 `[num_examples]`, 0 where never visited."""
         return self.u_table.estimates()
+
+    def table_estimates(self):
+        """{summary name: u in linear scale `[num_examples]`} of every table (summaries)."""
+        return {"u_table": self.estimates()}
 
     def visited_fraction(self):
         """Fraction of training examples visited so far (reads the whole table)."""
@@ -337,7 +263,7 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
         tau = (self.temperature if temperature is None
                else tf.stop_gradient(tf.cast(temperature, tf.float32)))
         global_batch = tf.shape(image_all)[0]
-        negatives = _not_self_mask(tf.shape(image)[0], global_batch)  # [b, B]
+        negatives = inputs.not_self_mask(tf.shape(image)[0], global_batch)  # [b, B]
         num_negatives = tf.cast(global_batch, tf.float32) - 1.0
         positive = tf.reduce_sum(image * text, axis=1)
         gamma = tf.convert_to_tensor(self.current_gamma.value)
@@ -368,75 +294,10 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
         """Both tables in linear scale: `{"image": [N], "text": [N]}`, 0 where never visited."""
         return {"image": self.image_u_table.estimates(), "text": self.text_u_table.estimates()}
 
+    def table_estimates(self):
+        """{summary name: u in linear scale `[num_examples]`} of every table (summaries)."""
+        return {f"u_table_{name}": values for name, values in self.estimates().items()}
+
     def visited_fraction(self):
         """Fraction of pairs visited so far (reads the image table)."""
         return self.image_u_table.visited_fraction()
-
-
-def _nt_xent(z1, z2, temperature, normalize):
-    """SimCLR's NT-Xent: mean over local anchors of both directions, and accuracy."""
-    z1 = _normalize(z1, normalize)
-    z2 = _normalize(z2, normalize)
-    z1_all = distribute.cross_replica_concat(z1)
-    z2_all = distribute.cross_replica_concat(z2)
-    not_self = _not_self_mask(tf.shape(z1)[0], tf.shape(z1_all)[0])
-    # Candidates: every other view (positive included), never the anchor itself.
-    candidates = tf.concat([tf.ones_like(not_self), not_self], axis=1)
-    negatives = tf.concat([not_self, not_self], axis=1)
-    positive = tf.reduce_sum(z1 * z2, axis=1) / temperature
-    losses, correct = [], []
-    for anchors, same_view_all, other_view_all in ((z1, z1_all, z2_all), (z2, z2_all, z1_all)):
-        logits = tf.matmul(anchors, tf.concat([other_view_all, same_view_all], 0),
-                           transpose_b=True) / temperature
-        losses.append(tf.reduce_logsumexp(tf.where(candidates, logits, -np.inf), axis=1)
-                      - positive)
-        hardest = tf.reduce_max(tf.where(negatives, tf.stop_gradient(logits), -np.inf), axis=1)
-        correct.append(positive > hardest)
-    loss = tf.reduce_mean(losses[0] + losses[1])
-    accuracy = tf.reduce_mean(tf.cast(tf.concat(correct, 0), tf.float32))
-    return loss, accuracy
-
-
-def nt_xent_loss(z1, z2, temperature=0.1, normalize=True):
-    """SimCLR's NT-Xent of two views `[b, d]` against the global batch: scalar."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-    z1, z2, _ = _check_pair(z1, z2, None, ("z1", "z2", "index"))
-    return _nt_xent(z1, z2, temperature, normalize)[0]
-
-
-@keras.saving.register_keras_serializable(package="tf_sogclr")
-class NTXentLoss(keras.layers.Layer):
-    """NT-Xent as a layer with the interface of `GlobalContrastiveLoss` (index unused).
-
-    Lets a model switch between SogCLR and the SimCLR control by argument; it has no table,
-    and its `objective` metric is the NT-Xent loss itself.
-    """
-
-    def __init__(self, temperature=0.1, normalize=True, **kwargs):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.temperature = float(temperature)
-        self.normalize = bool(normalize)
-        self.built = True
-
-    def call(self, z1, z2, index=None, return_metrics=False):
-        z1, z2, _ = _check_pair(z1, z2, index, ("z1", "z2", "index"))
-        loss, accuracy = _nt_xent(z1, z2, self.temperature, self.normalize)
-        if not return_metrics:
-            return loss
-        accept = tf.logical_and(tf.reduce_all(tf.math.is_finite(z1)),
-                                tf.reduce_all(tf.math.is_finite(z2)))
-        return loss, {"objective": loss, "contrastive_accuracy": accuracy,
-                      "input_ok": tf.cast(accept, tf.float32)}
-
-    def set_epoch(self, epoch):
-        """No schedule: present so training loops treat every loss layer alike."""
-        del epoch
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(temperature=self.temperature, normalize=self.normalize)
-        return config

@@ -6,7 +6,7 @@ and hands them to `guarded_update`: it asks `nonfinite_flags` which terms hold a
 Inf on some replica and calls `apply_if` with the verdict, identical on every replica. A bad
 step is not applied: only `optimizer.iterations` advances (the learning-rate schedule,
 checkpoint numbers and data position stay aligned) and the moving statistics get their old
-values back (a NaN there would stay in the model forever). `tf_sogclr.train` turns the
+values back (a NaN there would stay in the model forever). `training.loop` turns the
 per-step diagnostics into a stop or a warning (`nonfinite_policy`).
 """
 
@@ -114,7 +114,7 @@ def guarded_update(optimizer, gradients, variables, terms, input_ok, statistics,
       trackers: the model's metrics by name, with Sum metrics "bad_steps" and
         "nonfinite_steps"; `tracked` {name: value} are added to theirs for a good step only.
 
-    `report` (what `train.train_loop_function` collects): float32 "nonfinite_terms" `[T]`,
+    `report` (what `loop.train_loop_function` collects): float32 "nonfinite_terms" `[T]`,
     "index_out_of_range" and "skipped"; `ok` is a bool, identical on every replica.
     """
     check_gradients = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)

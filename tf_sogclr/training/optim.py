@@ -310,6 +310,25 @@ def build_optimizer(
     return keras.optimizers.Adam(learning_rate)
 
 
+def build_scheduled_optimizer(optimizer_cfg, global_batch_size, steps_per_epoch, total_steps,
+                              exclude_from_weight_decay=DEFAULT_EXCLUDES):
+    """The optimiser of a run: `optimizer_cfg`'s optimiser on SimCLR's schedule.
+
+    `optimizer_cfg` is a `config.OptimizerConfig`: its learning rate, scaled by
+    `learning_rate_scaling` for `global_batch_size`, warms up linearly over
+    `warmup_epochs * steps_per_epoch` steps and then follows a cosine to 0 at `total_steps`.
+    Pretraining, the dual encoder and fine-tuning all build their optimiser here.
+    """
+    warmup = int(round(optimizer_cfg.warmup_epochs * steps_per_epoch))
+    schedule = WarmupCosineDecay(
+        scaled_learning_rate(optimizer_cfg.learning_rate, global_batch_size,
+                             optimizer_cfg.learning_rate_scaling),
+        warmup_steps=warmup, total_steps=max(total_steps, warmup + 1))
+    return build_optimizer(optimizer_cfg.optimizer, schedule, momentum=optimizer_cfg.momentum,
+                           weight_decay=optimizer_cfg.weight_decay,
+                           exclude_from_weight_decay=exclude_from_weight_decay)
+
+
 def l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,)):
     """weight_decay * sum(||v||^2 / 2) over `variables` whose path matches no `exclude` regex.
 

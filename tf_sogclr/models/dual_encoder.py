@@ -1,0 +1,195 @@
+"""The image-text dual encoder: two towers with projection heads into one space.
+
+CLIP-style training (docs/algorithm.md, "Image-text") of an image encoder (the ResNets) and a
+text encoder (`models.text`), each followed by a projection head. The loss layer is
+`losses.BimodalGlobalContrastiveLoss` (two u-tables, one row per image: see `data.captions`
+for the pair indices) or, as the control, CLIP's InfoNCE (`losses.ClipContrastiveLoss`).
+
+Temperature: fixed by default (the loss layer's, e.g. 0.03; the u-tables hold log u, so
+CLIP's 0.01-0.07 is safe in float32). With `learnable_temperature`, one global tau in
+[0.005, 1] is learnt through `tau = exp(lo + (hi - lo) * sigmoid(v))`:
+
+* CLIP loss: tau's gradient flows through the logits s / tau, as in CLIP.
+* SogCLR: the surrogate's weights are stop-gradient, so it gives tau no gradient. We follow
+  iSogCLR (docs/algorithm.md, "Image-text") with one global tau: the objective
+  `F(tau) = mean_i [tau (log g^I_i(tau) + rho) + tau (log g^T_i(tau) + rho) - 2 e_i . t_i]`
+  has `dF/dtau = mean_i [log g^I_i + log g^T_i + 2 rho - sum_j (p^I_ij s^I_ij +
+  p^T_ij s^T_ij) / (tau (B - 1))]`, estimated with the u-tables in place of g (the loss's
+  `temperature_gradient` metric plus 2 rho), and applied by adding
+  `tau * stop_gradient(estimate)` to the loss. Per direction the estimate is rho minus the
+  KL divergence of the weights p from uniform, so tau settles where that KL equals rho
+  (rho < log(B - 1)); with rho = 0 tau would only grow (tau log g falls as tau rises).
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tf_sogclr.models import contrastive_model
+from tf_sogclr.training import optim
+
+TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
+
+
+NO_DECAY_PATTERNS = ("batch_norm", "layer_norm", "bias", "temperature")
+
+
+def _temperature_logit(temperature):
+    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
+    fraction = (math.log(temperature) - low) / (high - low)
+    return math.log(fraction / (1.0 - fraction))
+
+
+class DualEncoderModel(contrastive_model.ContrastiveModel):
+    """Image and text encoders with projection heads into one space, trained contrastively.
+
+    A step with a non-finite term of `NONFINITE_TERMS` (or an index outside the u-tables) is
+    not applied (`contrastive_model.ContrastiveModel`).
+
+    Args:
+      image_encoder: images `[b, H, W, C]` in [0, 1] -> features `[b, f]` (a ResNet).
+      text_encoder: token ids int `[b, L]` -> features `[b, f_t]` (`text.TextEncoder`).
+      image_head, text_head: features -> projections `[b, d]` (`model.ProjectionHead`).
+      loss_layer: `BimodalGlobalContrastiveLoss` or `ClipContrastiveLoss`.
+      tokenizer: `text.TextTokenizer`, strings -> token ids (kept in checkpoints, exports).
+      learnable_temperature: learn one global tau (module docstring), starting at the loss
+        layer's temperature; `temperature_rho` is iSogCLR's rho (SogCLR loss only).
+      weight_decay: L2 decay through the loss for momentum/Adam (LARS decays internally);
+        batch norm, layer norm, biases and the temperature are not decayed.
+    """
+
+    NONFINITE_TERMS = ("embeddings", "contrastive_loss", "temperature_term", "weight_decay",
+                       "gradients")
+
+    def __init__(self, image_encoder, text_encoder, image_head, text_head, loss_layer,
+                 tokenizer=None, learnable_temperature=False, temperature_rho=2.0,
+                 weight_decay=0.0, **kwargs):
+        if not 0 <= temperature_rho < float("inf"):
+            raise ValueError(f"temperature_rho must be >= 0, got {temperature_rho!r}.")
+        super().__init__(loss_layer, weight_decay=weight_decay, **kwargs)
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.image_head = image_head
+        self.text_head = text_head
+        self.tokenizer = tokenizer
+        self.learnable_temperature = bool(learnable_temperature)
+        self.temperature_rho = float(temperature_rho)
+        self.temperature_logit = None
+        if self.learnable_temperature:
+            low, high = TEMPERATURE_RANGE
+            if not low < loss_layer.temperature < high:
+                raise ValueError(f"a learnable temperature must start in ({low}, {high}), "
+                                 f"got {loss_layer.temperature}.")
+            self.temperature_logit = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(
+                    _temperature_logit(loss_layer.temperature)),
+                trainable=True, autocast=False, name="temperature_logit")
+        self._eval_trackers = {name: keras.metrics.Mean(name=name) for name in (
+            "eval_infonce_loss", "eval_image_to_text_top1", "eval_text_to_image_top1")}
+
+    def build(self, image_shape, text_shape=None):
+        """Builds every part for images `[b, H, W, C]` and token ids `[b, L]`."""
+        if text_shape is None:
+            text_shape = (image_shape[0], self.text_encoder.max_text_length)
+        self.image_head.build(self.image_encoder.compute_output_shape(image_shape))
+        self.text_encoder.build(text_shape)
+        self.text_head.build(self.text_encoder.compute_output_shape(text_shape))
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values()) + list(self._eval_trackers.values())
+
+    def temperature(self):
+        """The current tau: a float32 scalar tensor."""
+        if self.temperature_logit is None:
+            return tf.constant(self.loss_layer.temperature, tf.float32)
+        low, high = (math.log(t) for t in TEMPERATURE_RANGE)
+        logit = tf.convert_to_tensor(self.temperature_logit)
+        return tf.exp(low + (high - low) * tf.sigmoid(logit))
+
+    def image_projection(self, images, training=False):
+        """Images `[b, H, W, C]` -> projections `[b, d]` (not normalised)."""
+        return self.image_head(self.image_encoder(images, training=training), training=training)
+
+    def text_projection(self, tokens, training=False):
+        """Token ids `[b, L]` -> projections `[b, d]` (not normalised)."""
+        return self.text_head(self.text_encoder(tokens, training=training), training=training)
+
+    def encode_image(self, images):
+        """Images `[b, H, W, C]` -> unit embeddings float32 `[b, d]` (inference mode)."""
+        return tf.math.l2_normalize(tf.cast(self.image_projection(images), tf.float32), -1)
+
+    def encode_tokens(self, tokens):
+        """Token ids `[b, L]` -> unit embeddings float32 `[b, d]` (inference mode)."""
+        return tf.math.l2_normalize(tf.cast(self.text_projection(tokens), tf.float32), -1)
+
+    def encode_text(self, texts):
+        """Raw strings `[b]` -> unit embeddings float32 `[b, d]`, through the tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError("encode_text needs a tokenizer: build the model with one.")
+        return self.encode_tokens(self.tokenizer(texts))
+
+    def call(self, inputs, training=False):
+        """{"image": [b, H, W, C], "tokens": [b, L]} (either) -> {"image_embedding",
+        "text_embedding"}: unit vectors `[b, d]`."""
+        if not isinstance(inputs, dict):
+            inputs = {"image": inputs}
+        outputs = {}
+        if "image" in inputs:
+            outputs["image_embedding"] = tf.math.l2_normalize(tf.cast(
+                self.image_projection(inputs["image"], training), tf.float32), -1)
+        if "tokens" in inputs:
+            outputs["text_embedding"] = tf.math.l2_normalize(tf.cast(
+                self.text_projection(inputs["tokens"], training), tf.float32), -1)
+        return outputs
+
+    def weight_decay_loss(self):
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if self.weight_decay == 0.0 or isinstance(optimizer, optim.LARS):
+            return tf.constant(0.0)
+        return optim.l2_weight_decay_loss(self.trainable_variables, self.weight_decay,
+                                          exclude=NO_DECAY_PATTERNS)
+
+    def statistics_layers(self):
+        return [self.image_encoder, self.image_head, self.text_encoder, self.text_head]
+
+    def compute_terms(self, data):
+        """`{"image": [b, H, W, C], "tokens": [b, L], "index": [b]}`: both towers into the
+        two-way loss, plus the learnable temperature's term (module docstring)."""
+        image = self.image_projection(data["image"], training=True)
+        text = self.text_projection(data["tokens"], training=True)
+        tau = self.temperature() if self.learnable_temperature else None
+        contrastive, stats = self.loss_layer(image, text, data["index"],
+                                             return_metrics=True, temperature=tau)
+        temperature_term = tf.constant(0.0)
+        if "temperature_gradient" in stats and self.learnable_temperature:
+            # d total / d tau = the estimate of dF/dtau (module docstring).
+            estimate = stats["temperature_gradient"] + 2.0 * self.temperature_rho
+            temperature_term = tau * tf.stop_gradient(estimate)
+        return contrastive_model.StepTerms(
+            loss_inputs=[image, text], contrastive=contrastive, stats=stats,
+            extra={"temperature_term": temperature_term})
+
+    def training_logs(self):
+        """Training metric results plus learning rate, temperature and gamma (scalars)."""
+        logs = super().training_logs()
+        logs["temperature"] = self.temperature()
+        return logs
+
+    def test_step(self, data):
+        """In-batch scores on `{"image", "tokens"}` (local batch, no u-table touched)."""
+        image = self.encode_image(data["image"])
+        text = self.encode_tokens(data["tokens"])
+        logits = tf.matmul(image, text, transpose_b=True) / self.temperature()
+        labels = tf.range(tf.shape(logits)[0])
+        infonce = 0.5 * tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            + tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits)))
+        self._eval_trackers["eval_infonce_loss"].update_state(infonce)
+        for name, scores in (("eval_image_to_text_top1", logits),
+                             ("eval_text_to_image_top1", tf.transpose(logits))):
+            hit = tf.equal(tf.argmax(scores, axis=1, output_type=tf.int32), labels)
+            self._eval_trackers[name].update_state(tf.cast(hit, tf.float32))
+        return {m.name: m.result() for m in self._eval_trackers.values()}
