@@ -1,16 +1,24 @@
-"""Which TFDS dataset and split, image size and augmentation."""
+"""Which TFDS dataset and split, image size and augmentation (defaults: `config.DataConfig`)."""
 
 from absl import flags
 
-flags.DEFINE_string("dataset", "fashion_mnist_debian",
+from tf_sogclr.config import DataConfig
+
+flags.DEFINE_string("dataset", DataConfig.dataset,
                     "TFDS dataset name. fashion_mnist_debian is built from Debian's "
                     "dataset-fashion-mnist files on first use.")
-flags.DEFINE_string("data_dir", None, "TFDS data directory (local or gs://); default TFDS's.")
-flags.DEFINE_string("train_split", "train", "Split to train on (TFDS slicing allowed).")
-flags.DEFINE_string("eval_split", "test", "Split to evaluate on.")
-flags.DEFINE_integer("image_size", 28, "Input images are cropped / resized to this size.")
-flags.DEFINE_bool("cache_dataset", True, "Cache decoded images in memory (small datasets).")
-flags.DEFINE_float("color_jitter_strength", 0.5,
+flags.DEFINE_string("data_dir", DataConfig.data_dir,
+                    "TFDS data directory (local or gs://); default TFDS's.")
+flags.DEFINE_string("train_split", DataConfig.train_split,
+                    "Split to train on (TFDS slicing allowed).")
+flags.DEFINE_string("eval_split", DataConfig.eval_split, "Split to evaluate on.")
+flags.DEFINE_integer("image_size", DataConfig.image_size,
+                     "Input images are cropped / resized to this size.")
+flags.DEFINE_bool("cache_dataset", DataConfig.cache_dataset,
+                  "Cache decoded images in memory (small datasets).")
+flags.DEFINE_float("color_jitter_strength", DataConfig.color_jitter_strength,
                    "SimCLR colour jitter strength in [0, 1] (0.5 CIFAR, 1.0 ImageNet).")
-flags.DEFINE_bool("use_blur", False, "Gaussian blur augmentation (ImageNet-size images).")
-flags.DEFINE_float("crop_area_min", 0.08, "Smallest area fraction of random resized crops.")
+flags.DEFINE_bool("use_blur", DataConfig.use_blur,
+                  "Gaussian blur augmentation (ImageNet-size images).")
+flags.DEFINE_float("crop_area_min", DataConfig.crop_area_min,
+                   "Smallest area fraction of random resized crops.")

@@ -1,18 +1,25 @@
-"""Encoder and heads."""
+"""Encoder and heads (defaults: `config.ModelConfig`)."""
 
 from absl import flags
 
-flags.DEFINE_integer("resnet_depth", 18, "ResNet depth: 18, 34, 50, 101 or 152.")
-flags.DEFINE_float("width_multiplier", 0.125,
+from tf_sogclr import config
+from tf_sogclr.config import ModelConfig
+
+flags.DEFINE_integer("resnet_depth", ModelConfig.resnet_depth,
+                     f"ResNet depth: one of {', '.join(map(str, config.RESNET_DEPTHS))}.")
+flags.DEFINE_float("width_multiplier", ModelConfig.width_multiplier,
                    "ResNet width multiplier; fractions allowed (0.125: 8 channels in stage 1).")
-flags.DEFINE_bool("small_image_stem", True,
+flags.DEFINE_bool("small_image_stem", ModelConfig.small_image_stem,
                   "3x3 stride-1 stem without max-pool, for 28-32 px images (SimCLR CIFAR).")
-flags.DEFINE_enum("proj_head_mode", "nonlinear", ("none", "linear", "nonlinear"),
+flags.DEFINE_enum("proj_head_mode", ModelConfig.proj_head_mode, config.PROJECTION_HEAD_MODES,
                   "Projection head type.")
-flags.DEFINE_integer("proj_out_dim", 128, "Output size of the projection head.")
-flags.DEFINE_integer("num_proj_layers", 2, "Layers of the nonlinear projection head.")
-flags.DEFINE_integer("ft_proj_selector", 0,
+flags.DEFINE_integer("proj_out_dim", ModelConfig.proj_out_dim,
+                     "Output size of the projection head.")
+flags.DEFINE_integer("num_proj_layers", ModelConfig.num_proj_layers,
+                     "Layers of the nonlinear projection head.")
+flags.DEFINE_integer("ft_proj_selector", ModelConfig.ft_proj_selector,
                      "Fine-tuning input: 0 = encoder features, j = projection hidden layer j.")
-flags.DEFINE_bool("global_bn", True,
+flags.DEFINE_bool("global_bn", ModelConfig.global_bn,
                   "Batch norm statistics over the global batch (all replicas).")
-flags.DEFINE_float("batch_norm_decay", 0.9, "Batch norm moving-average momentum in [0, 1).")
+flags.DEFINE_float("batch_norm_decay", ModelConfig.batch_norm_decay,
+                   "Batch norm moving-average momentum in [0, 1).")

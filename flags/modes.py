@@ -2,17 +2,19 @@
 
 from absl import flags
 
+from tf_sogclr import config
+from tf_sogclr.config import RunConfig
+
 MODES = ("train", "eval", "train_then_eval", "export")
-TRAIN_MODES = ("pretrain", "finetune")
 
 flags.DEFINE_enum("mode", "train_then_eval", MODES,
                   "train: train only; eval: evaluate the newest (or --checkpoint) checkpoint; "
                   "train_then_eval: both; export: write the SavedModel of the newest (or "
                   "--checkpoint) checkpoint.")
-flags.DEFINE_enum("train_mode", "pretrain", TRAIN_MODES,
+flags.DEFINE_enum("train_mode", config.TRAIN_MODES[0], config.TRAIN_MODES,
                   "pretrain: contrastive pretraining; finetune: supervised fine-tuning from "
                   "--checkpoint or a pretraining checkpoint in --model_dir.")
-flags.DEFINE_bool("lineareval_while_pretraining", True,
+flags.DEFINE_bool("lineareval_while_pretraining", RunConfig.lineareval_while_pretraining,
                   "Train a linear head on stop_gradient(features) during pretraining.")
 flags.DEFINE_bool("eval_knn", True,
                   "In evaluation, also report the k-NN top-1 (k=200, cosine, temperature-"

@@ -2,7 +2,10 @@
 
 from absl import flags
 
-flags.DEFINE_enum("nonfinite_policy", "stop", ("stop", "skip"),
+from tf_sogclr import config
+from tf_sogclr.config import RunConfig
+
+flags.DEFINE_enum("nonfinite_policy", RunConfig.nonfinite_policy, config.NONFINITE_POLICIES,
                   "After a step with a non-finite loss term, projection or gradient (its update "
                   "is never applied): stop: raise, keeping the last good checkpoint; skip: log "
                   "it, count it in the bad_steps / nonfinite_steps metrics and go on.")

@@ -1,25 +1,37 @@
 """Frozen, validated configuration of a run. Field names are the command-line flag names.
 
-`validate()` of each dataclass checks ranges and choices without touching TensorFlow or
-the data, so a bad value fails in milliseconds with a message naming the flag; checks that
-need the dataset's metadata or the strategy live in `training.lifecycle.check_against_data`.
+The one source of defaults and choices: the flags (`flags/`) take their defaults from these
+dataclasses and their choices from the tuples below, and the library modules take their
+choices from here too. The defaults are the offline default job (SogCLR on Fashion-MNIST,
+ResNet-18 of width 1/8, 2 epochs on CPU); the README's commands show paper settings.
+
+This module imports no TensorFlow: `validate()` of each dataclass checks ranges and choices
+without touching TensorFlow or the data, so a bad value fails in milliseconds with a message
+naming the flag; checks that need the dataset's metadata or the strategy live in
+`training.lifecycle.check_against_data`.
 """
 
 import dataclasses
 import typing
 
-from tf_sogclr import checks, losses
-from tf_sogclr.models import dual_encoder, heads, resnet, text
-from tf_sogclr.training import optim
+from tf_sogclr import checks
 
+# Every choice a flag or config field accepts; the library modules take theirs from here.
 LOSSES = ("sogclr", "simclr")
+GAMMA_SCHEDULES = ("constant", "cosine")
+RESNET_DEPTHS = (18, 34, 50, 101, 152)
+PROJECTION_HEAD_MODES = ("none", "linear", "nonlinear")
+OPTIMIZERS = ("lars", "momentum", "adam")
+LEARNING_RATE_SCALINGS = ("linear", "sqrt")
+TEXT_ENCODERS = ("transformer", "mlp")
 TRAIN_MODES = ("pretrain", "finetune")
 MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
 # What pretraining does after a step with a non-finite loss term, projection or gradient (the
 # update of that step is never applied): stop with an error, or go on.
 NONFINITE_POLICIES = ("stop", "skip")
 MODALITIES = ("unimodal", "bimodal")
-BIMODAL_TEMPERATURE = losses.CLIP_TEMPERATURE  # --temperature's default with --modality=bimodal
+BIMODAL_TEMPERATURE = 0.03  # --temperature's default with --modality=bimodal (CLIP's start)
+TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +64,7 @@ class ModelConfig:
     """Encoder and projection head."""
 
     resnet_depth: int = 18
-    width_multiplier: float = 1.0
+    width_multiplier: float = 0.125
     small_image_stem: bool = True
     global_bn: bool = True
     batch_norm_decay: float = 0.9
@@ -63,10 +75,10 @@ class ModelConfig:
     fine_tune_after_block: int = -1
 
     def validate(self):
-        checks.choice("--resnet_depth", self.resnet_depth, resnet.RESNET_DEPTHS)
+        checks.choice("--resnet_depth", self.resnet_depth, RESNET_DEPTHS)
         checks.in_range("--width_multiplier", self.width_multiplier, 0.0, 64.0, low_open=True)
         checks.in_range("--batch_norm_decay", self.batch_norm_decay, 0.0, 1.0, high_open=True)
-        checks.choice("--proj_head_mode", self.proj_head_mode, heads.PROJECTION_HEAD_MODES)
+        checks.choice("--proj_head_mode", self.proj_head_mode, PROJECTION_HEAD_MODES)
         checks.positive_int("--proj_out_dim", self.proj_out_dim)
         checks.positive_int("--num_proj_layers", self.num_proj_layers)
         checks.in_range("--ft_proj_selector", self.ft_proj_selector, 0, self.num_proj_layers)
@@ -95,7 +107,7 @@ class LossConfig:
         checks.in_range("--temperature", self.temperature, 0.0, float("inf"), low_open=True,
                         high_open=True)
         checks.in_range("--gamma", self.gamma, 0.0, 1.0, low_open=True)
-        checks.choice("--gamma_schedule", self.gamma_schedule, losses.GAMMA_SCHEDULES)
+        checks.choice("--gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         if self.gamma_schedule == "cosine":
             if self.gamma_decay_epochs is None:
                 checks.fail("--gamma_decay_epochs",
@@ -116,14 +128,14 @@ class OptimizerConfig:
     learning_rate_scaling: str = "linear"
     momentum: float = 0.9
     weight_decay: float = 1e-6
-    warmup_epochs: float = 10.0
+    warmup_epochs: float = 0.5
 
     def validate(self):
-        checks.choice("--optimizer", self.optimizer, optim.OPTIMIZERS)
+        checks.choice("--optimizer", self.optimizer, OPTIMIZERS)
         checks.in_range("--learning_rate", self.learning_rate, 0.0, float("inf"), low_open=True,
                         high_open=True)
         checks.choice("--learning_rate_scaling", self.learning_rate_scaling,
-                      optim.LEARNING_RATE_SCALINGS)
+                      LEARNING_RATE_SCALINGS)
         checks.in_range("--momentum", self.momentum, 0.0, 1.0, high_open=True)
         checks.in_range("--weight_decay", self.weight_decay, 0.0, 1.0)
         checks.in_range("--warmup_epochs", self.warmup_epochs, 0.0, float("inf"), high_open=True)
@@ -134,11 +146,11 @@ class OptimizerConfig:
 class RunConfig:
     """Length of training, batch size, checkpoints, execution and precision."""
 
-    model_dir: str = "runs/default"
+    model_dir: str = "runs/fashion_mnist_sogclr"
     train_batch_size: int = 256
-    train_epochs: int = 100
+    train_epochs: int = 2
     train_steps: int = 0
-    eval_batch_size: int = 256
+    eval_batch_size: int = 512
     lineareval_while_pretraining: bool = True
     checkpoint_epochs: int = 1
     checkpoint_steps: int = 0
@@ -205,7 +217,7 @@ class TextConfig:
     temperature_rho: float = 2.0
 
     def validate(self):
-        checks.choice("--text_encoder", self.text_encoder, text.TEXT_ENCODERS)
+        checks.choice("--text_encoder", self.text_encoder, TEXT_ENCODERS)
         checks.positive_int("--vocab_size", self.vocab_size)
         if self.vocab_size < 3:
             checks.fail("--vocab_size", "an integer >= 3 (padding, unknown, one token)",
@@ -238,7 +250,7 @@ class BimodalConfig:
     def validate(self):
         PretrainConfig(self.data, self.model, self.loss, self.optimizer, self.run).validate()
         self.text.validate()
-        low, high = dual_encoder.TEMPERATURE_RANGE
+        low, high = TEMPERATURE_RANGE
         if self.text.learnable_temperature and not low < self.loss.temperature < high:
             checks.fail("--temperature", f"in ({low}, {high}) with --learnable_temperature "
                         "(its initial value)", self.loss.temperature)

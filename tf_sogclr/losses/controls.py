@@ -11,9 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sogclr import distribute
+from tf_sogclr.config import BIMODAL_TEMPERATURE
 from tf_sogclr.losses import inputs
 
-CLIP_TEMPERATURE = 0.03  # CLIP's initial temperature, the bimodal default.
+CLIP_TEMPERATURE = BIMODAL_TEMPERATURE  # CLIP's initial temperature, the bimodal default.
 
 
 def _nt_xent(z1, z2, temperature, normalize):

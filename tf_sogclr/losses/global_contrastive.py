@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sogclr import distribute
+from tf_sogclr.config import GAMMA_SCHEDULES
 from tf_sogclr.losses import inputs
 from tf_sogclr.losses.u_table import UTable, log_add_exp, moving_average_log_u
 
 
-GAMMA_SCHEDULES = ("constant", "cosine")
 
 
 def gamma_for_epoch(epoch, gamma, gamma_schedule="constant", gamma_decay_epochs=None):

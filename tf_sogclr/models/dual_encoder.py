@@ -26,10 +26,10 @@ import math
 import keras
 import tensorflow as tf
 
+from tf_sogclr.config import TEMPERATURE_RANGE
 from tf_sogclr.models import contrastive_model
 from tf_sogclr.training import optim
 
-TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
 
 
 NO_DECAY_PATTERNS = ("batch_norm", "layer_norm", "bias", "temperature")

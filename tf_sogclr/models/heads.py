@@ -4,10 +4,10 @@
 import keras
 import tensorflow as tf
 
+from tf_sogclr.config import PROJECTION_HEAD_MODES
 from tf_sogclr.models import resnet
 
 
-PROJECTION_HEAD_MODES = ("none", "linear", "nonlinear")
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")

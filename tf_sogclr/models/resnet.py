@@ -31,7 +31,8 @@ import numbers
 
 import keras
 
-RESNET_DEPTHS = (18, 34, 50, 101, 152)
+from tf_sogclr.config import RESNET_DEPTHS
+
 
 BATCH_NORM_EPSILON = 1e-5
 

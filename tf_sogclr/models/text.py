@@ -18,7 +18,8 @@ import numbers
 import keras
 import tensorflow as tf
 
-TEXT_ENCODERS = ("transformer", "mlp")
+from tf_sogclr.config import TEXT_ENCODERS
+
 STANDARDIZE = "lower_and_strip_punctuation"
 NUM_SPECIAL_TOKENS = 2  # "" (padding, id 0) and "[UNK]" (id 1).
 

@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-OPTIMIZERS = ("lars", "momentum", "adam")
-LEARNING_RATE_SCALINGS = ("linear", "sqrt")
+from tf_sogclr.config import LEARNING_RATE_SCALINGS, OPTIMIZERS
+
 
 # Regexes searched in variable paths. SimCLR spells the first one "batch_normalization" (the
 # Keras default layer name); "batch_norm" also matches names like "batch_norm_1".
