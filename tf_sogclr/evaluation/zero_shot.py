@@ -69,7 +69,7 @@ def evaluate_dual_encoder(encode_image, encode_text, dataset, prompts=None, eval
     """Zero-shot top-1 (with `prompts` [C][T]) and image-to-text recall@k on `dataset`.
 
     `dataset`: finite batches {"image", "label", "captions": ragged strings} (as
-    `captions.eval_pairs`); `encode_image` / `encode_text`: images or strings -> `[b, d]`.
+    `data.captions.eval_pairs`); `encode_image` / `encode_text`: images or strings -> `[b, d]`.
     Returns {"zero_shot_top1"?, "image_to_text_recall@k"..., "num_images"}.
     """
     image_embeddings, labels, texts, owner = [], [], [], []

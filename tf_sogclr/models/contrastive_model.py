@@ -1,7 +1,7 @@
 """The base of every contrastive pretraining model: one guarded train step for all modalities.
 
-`ContrastiveModel` owns what the unimodal `model.SogCLRModel` and the image-text
-`bimodal.DualEncoderModel` share: the snapshot of the statistics a forward pass writes, the
+`ContrastiveModel` owns what the unimodal `sogclr_model.SogCLRModel` and the image-text
+`dual_encoder.DualEncoderModel` share: the snapshot of the statistics a forward pass writes, the
 gradient tape, the replica and loss scaling, the guarded update (`step_guard`: a step with a
 non-finite term or an index outside the u-table is not applied), the metric trackers,
 `training_logs` and weight decay. A subclass says only how a batch becomes the loss layer's
@@ -52,7 +52,7 @@ class ContrastiveModel(keras.Model):
     diagnostics report on.
 
     Args:
-      loss_layer: a contrastive loss layer of `tf_sogclr.losses` (or `bimodal`'s CLIP loss).
+      loss_layer: a contrastive loss layer of `tf_sogclr.losses` (a global loss or a control).
       weight_decay: the L2 weight decay coefficient (>= 0); `weight_decay_loss` says what
         goes through the loss.
     """

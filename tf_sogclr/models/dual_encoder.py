@@ -50,7 +50,7 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
     Args:
       image_encoder: images `[b, H, W, C]` in [0, 1] -> features `[b, f]` (a ResNet).
       text_encoder: token ids int `[b, L]` -> features `[b, f_t]` (`text.TextEncoder`).
-      image_head, text_head: features -> projections `[b, d]` (`model.ProjectionHead`).
+      image_head, text_head: features -> projections `[b, d]` (`heads.ProjectionHead`).
       loss_layer: `BimodalGlobalContrastiveLoss` or `ClipContrastiveLoss`.
       tokenizer: `text.TextTokenizer`, strings -> token ids (kept in checkpoints, exports).
       learnable_temperature: learn one global tau (module docstring), starting at the loss

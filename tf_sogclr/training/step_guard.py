@@ -1,6 +1,6 @@
 """Guarded optimiser steps: an update is applied only when every checked term is finite.
 
-A training step (`model.SogCLRModel`, `bimodal.DualEncoderModel`) snapshots the variables its
+A training step (`models.ContrastiveModel`, for both modalities) snapshots the variables its
 forward pass writes (batch-norm moving statistics), computes its loss terms and gradients,
 and hands them to `guarded_update`: it asks `nonfinite_flags` which terms hold a NaN or an
 Inf on some replica and calls `apply_if` with the verdict, identical on every replica. A bad
