@@ -117,7 +117,6 @@ def pretrain_config():
 def prepare_data(cfg, modality):
     """Converts Debian's Fashion-MNIST into TFDS once; checks both splits exist (and, before
     an evaluation, that the eval split has what it needs)."""
-    from tf_sogclr import data
     from tf_sogclr.data import fashion_mnist
 
     if cfg.data.dataset == fashion_mnist.NAME:
@@ -127,10 +126,9 @@ def prepare_data(cfg, modality):
             raise UsageError(str(error)) from None
     try:
         train_info = modality.describe(cfg, cfg.data.train_split)
-        eval_info = modality.describe(cfg, cfg.data.eval_split)
-        if FLAGS.mode in ("eval", "train_then_eval") and modality.name == "unimodal":
-            data.check_not_empty(eval_info)  # Fail now, not after training.
-            data.check_labels(eval_info, f"--mode={FLAGS.mode}")
+        modality.describe(cfg, cfg.data.eval_split)
+        if FLAGS.mode in ("eval", "train_then_eval"):  # Fail now, not after training.
+            modality.check_eval_data(cfg, FLAGS.eval_knn)
     except ValueError as error:
         raise UsageError(str(error)) from None
     return train_info
@@ -167,17 +165,10 @@ def check_run(cfg, train_info, strategy):
 
 def finetune_config():
     """The FinetuneConfig the flags describe (SimCLR: the same flags, fine-tuning values)."""
-    from tf_sogclr.training import finetune
+    from tf_sogclr import config
 
-    cfg = finetune.FinetuneConfig(
-        checkpoint=FLAGS.checkpoint, zero_init_logits_layer=FLAGS.zero_init_logits_layer,
-        fine_tune_after_block=FLAGS.fine_tune_after_block, ft_proj_selector=FLAGS.ft_proj_selector,
-        train_epochs=FLAGS.train_epochs, train_batch_size=FLAGS.train_batch_size,
-        learning_rate=FLAGS.learning_rate, learning_rate_scaling=FLAGS.learning_rate_scaling,
-        optimizer=FLAGS.optimizer, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay,
-        warmup_epochs=FLAGS.warmup_epochs)
     try:
-        return cfg.validate()
+        return config_from_flags(config.FinetuneConfig).validate()
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -185,7 +176,7 @@ def finetune_config():
 def run_finetune(cfg, train_info, strategy):
     """Fine-tunes with Keras fit (resuming if interrupted), evaluates, exports the classifier."""
     from tf_sogclr import distribute
-    from tf_sogclr.training import finetune
+    from tf_sogclr.training import finetune, finetune_model
 
     result = finetune.finetune(cfg, finetune_config(), strategy=strategy)
     summary = {"finetune_dir": result.finetune_dir, "tensorboard": result.log_dir,
@@ -193,7 +184,7 @@ def run_finetune(cfg, train_info, strategy):
                "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5)}}
     if distribute.is_chief(strategy):
         step = int(result.model.optimizer.iterations.numpy())
-        summary["export"] = export_model(finetune.ExportableClassifier(result.model), cfg, step,
+        summary["export"] = export_model(finetune_model.ExportableClassifier(result.model), cfg, step,
                                          train_info)
     return summary
 
@@ -240,9 +231,7 @@ def main(argv):
                                            FLAGS.gcp_project)
     check_run(cfg, train_info, strategy)
 
-    summary = {"model_dir": cfg.run.model_dir}
-    if modality.name != "unimodal":
-        summary["modality"] = modality.name
+    summary = {"model_dir": cfg.run.model_dir, "modality": modality.name}
     if FLAGS.train_mode == "finetune":
         summary.update(run_finetune(cfg, train_info, strategy))
         return summary

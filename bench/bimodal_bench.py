@@ -39,6 +39,7 @@ def case_train(args):
     """Examples/s of the bimodal train step with `args.loss` on random in-memory batches."""
     import tensorflow as tf
     from tf_sogclr import config
+    from tf_sogclr import data
     from tf_sogclr.data import captions
     from tf_sogclr.models import text
     from tf_sogclr.training import loop as training_loop
@@ -49,10 +50,11 @@ def case_train(args):
         loss=config.LossConfig(loss=args.loss, temperature=config.BIMODAL_TEMPERATURE),
         run=config.RunConfig(train_batch_size=args.batch, train_steps=1000,
                              lineareval_while_pretraining=False)).validate()
-    info = captions.PairDatasetInfo(
-        name="bench", split="train", base_split="train", num_examples=60_000,
-        num_split_examples=60_000, image_shape=(28, 28, 1), shard_lengths=(60_000,),
-        caption_feature=None, class_names=captions.FASHION_MNIST_CLASS_NAMES)
+    info = data.DatasetInfo(
+        name="bench", full_name="bench/1.0.0", split="train", base_split="train",
+        num_examples=60_000, num_split_examples=60_000, num_classes=10,
+        image_shape=(28, 28, 1), shard_lengths=(60_000,),
+        label_names=captions.FASHION_MNIST_CLASS_NAMES)
     tokenizer = text.TextTokenizer.from_texts(
         [p for ps in captions.class_prompts(info) for p in ps], cfg.text.vocab_size,
         cfg.text.max_text_length)

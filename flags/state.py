@@ -1,9 +1,9 @@
 """Where state goes: model_dir, checkpoints, exports, fine-tuning sources (defaults:
-`config.RunConfig`, `config.ModelConfig`)."""
+`config.RunConfig`, `config.ModelConfig`, `config.FinetuneConfig`)."""
 
 from absl import flags
 
-from tf_sogclr.config import ModelConfig, RunConfig
+from tf_sogclr.config import FinetuneConfig, ModelConfig, RunConfig
 
 flags.DEFINE_string("model_dir", RunConfig.model_dir,
                     "Checkpoints, TensorBoard logs and exports (local or gs://). A run resumes "
@@ -19,7 +19,7 @@ flags.DEFINE_integer("checkpoint_steps", RunConfig.checkpoint_steps,
 flags.DEFINE_integer("keep_checkpoint_max", RunConfig.keep_checkpoint_max,
                      "Checkpoints to keep.")
 flags.DEFINE_integer("keep_hub_module_max", 1, "Exported SavedModels to keep.")
-flags.DEFINE_bool("zero_init_logits_layer", True,
+flags.DEFINE_bool("zero_init_logits_layer", FinetuneConfig.zero_init_logits_layer,
                   "Fine-tuning: zero-initialise the classifier.")
 flags.DEFINE_integer("fine_tune_after_block", ModelConfig.fine_tune_after_block,
                      "Fine-tuning: -1 trains all; k freezes the stem and block groups 1..k.")

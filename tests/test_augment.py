@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr.data import augment
+from tf_sogclr.data import augment, color, image_ops
 
 SEED = tf.constant([3, 7], tf.int32)
 
@@ -24,7 +24,7 @@ def _half_image(batch, size, channels):
 @pytest.mark.parametrize("channels,size,image_size", [(3, 32, 32), (1, 28, 28), (3, 40, 24)])
 def test_view_shape_dtype_range(channels, size, image_size):
     augmenter = augment.SimCLRAugment(image_size=image_size, channels=channels)
-    for images in (_images(16, size, channels), augment.to_float(_images(16, size, channels))):
+    for images in (_images(16, size, channels), image_ops.to_float(_images(16, size, channels))):
         view = augmenter(images, SEED)
         assert view.shape == (16, image_size, image_size, channels)
         assert view.dtype == tf.float32
@@ -85,14 +85,14 @@ def test_whole_image_crop_is_exact():
     images = _images(4, 20, 3)
     boxes = tf.constant([[0, 0, 20, 20]] * 4)
     crops = augment.crop_and_resize(images, boxes, 20)
-    np.testing.assert_allclose(crops.numpy(), augment.to_float(images).numpy(), atol=1e-6)
+    np.testing.assert_allclose(crops.numpy(), image_ops.to_float(images).numpy(), atol=1e-6)
     flipped = augment.crop_and_resize(images, boxes, 20, flip=tf.constant([True, False] * 2))
     np.testing.assert_allclose(flipped[0].numpy(), crops[0, :, ::-1].numpy(), atol=1e-6)
     np.testing.assert_allclose(flipped[1].numpy(), crops[1].numpy(), atol=1e-6)
 
 
 def test_crop_takes_the_box_region():
-    images = augment.to_float(_images(1, 16, 1))
+    images = image_ops.to_float(_images(1, 16, 1))
     crop = augment.crop_and_resize(images, tf.constant([[2, 5, 8, 8]]), 8)
     np.testing.assert_allclose(crop[0].numpy(), images[0, 2:10, 5:13].numpy(), atol=1e-6)
 
@@ -104,7 +104,7 @@ def test_flip_probability_is_one_half(crop):
         image_size=16, crop=crop, crop_area_min=1.0, color_distort=False)
     images = _half_image(2000, 16, 3)
     views = augmenter(images, SEED).numpy()
-    original = augment.to_float(images).numpy()
+    original = image_ops.to_float(images).numpy()
     mirrored = np.all(np.isclose(views, original[:, :, ::-1]), axis=(1, 2, 3))
     unchanged = np.all(np.isclose(views, original), axis=(1, 2, 3))
     assert np.all(mirrored ^ unchanged)
@@ -112,8 +112,8 @@ def test_flip_probability_is_one_half(crop):
 
 
 def test_jitter_and_grayscale_probabilities():
-    images = augment.to_float(_images(2000, 8, 3))
-    jittered = augment.color_jitter(images, 1.0, SEED).numpy()
+    images = image_ops.to_float(_images(2000, 8, 3))
+    jittered = color.color_jitter(images, 1.0, SEED).numpy()
     untouched = np.all(jittered == images.numpy(), axis=(1, 2, 3)).mean()
     assert 0.15 < untouched < 0.25  # p = 0.8
     augmenter = augment.SimCLRAugment(
@@ -127,7 +127,7 @@ def test_jitter_factors_lie_in_simclr_ranges():
     # Brightness alone on a constant image: value * factor, factor in [1 - 0.8s, 1 + 0.8s].
     strength = 0.5
     constant = tf.fill([500, 4, 4, 1], 0.5)
-    out = augment.color_jitter(constant, strength, SEED, probability=1.0).numpy()
+    out = color.color_jitter(constant, strength, SEED, probability=1.0).numpy()
     factors = out[:, 0, 0, 0] / 0.5  # contrast leaves a constant image alone
     assert factors.min() >= 1 - 0.8 * strength - 1e-6 and factors.max() <= 1 + 0.8 * strength + 1e-6
     assert factors.min() < 0.65 and factors.max() > 1.35
@@ -137,7 +137,7 @@ def test_grayscale_images_are_jittered_by_brightness_and_contrast_only():
     augmenter = augment.SimCLRAugment(image_size=28, channels=1, crop_area_min=1.0, flip=False)
     images = _images(64, 28, 1)
     views = augmenter(images, SEED).numpy()
-    original = augment.to_float(images).numpy()
+    original = image_ops.to_float(images).numpy()
     changed = ~np.all(views == original, axis=(1, 2, 3))
     assert 0.6 < changed.mean() <= 1.0  # p = 0.8 (grayscale op is a no-op for C=1)
     # Brightness then contrast keeps pixel ranks within an image (positive factors).
@@ -152,8 +152,8 @@ def test_colour_ops_match_tf_image():
     images = tf.constant(images, tf.float32)
     factors = tf.constant(rng.uniform(0.0, 2.0, 16), tf.float32)
     deltas = tf.constant(rng.uniform(-0.5, 0.5, 16), tf.float32)
-    saturated = augment.adjust_saturation(images, factors).numpy()
-    hued = augment.adjust_hue(images, deltas).numpy()
+    saturated = color.adjust_saturation(images, factors).numpy()
+    hued = color.adjust_hue(images, deltas).numpy()
     for i in range(16):
         reference = tf.image.adjust_saturation(images[i], factors[i]).numpy()
         np.testing.assert_allclose(saturated[i], reference, atol=2e-6)
@@ -162,9 +162,9 @@ def test_colour_ops_match_tf_image():
 
 
 def test_gaussian_blur_matches_simclr_kernel():
-    images = augment.to_float(_images(3, 20, 3))
+    images = image_ops.to_float(_images(3, 20, 3))
     sigma = tf.constant([0.3, 1.0, 2.0])
-    blurred = augment.gaussian_blur(images, sigma, kernel_size=6).numpy()
+    blurred = color.gaussian_blur(images, sigma, kernel_size=6).numpy()
     for i in range(3):  # SimCLR's data_util.gaussian_blur, one image at a time.
         x = tf.range(-3, 4, dtype=tf.float32)
         kernel = tf.exp(-x**2 / (2.0 * sigma[i] ** 2))
@@ -180,12 +180,12 @@ def test_eval_preprocessing_is_deterministic_and_simclr_like():
     small = _images(4, 32, 3)
     out = augment.preprocess_for_eval(small, 32)
     np.testing.assert_array_equal(out.numpy(), augment.preprocess_for_eval(small, 32).numpy())
-    np.testing.assert_array_equal(out.numpy(), augment.to_float(small).numpy())  # no crop
+    np.testing.assert_array_equal(out.numpy(), image_ops.to_float(small).numpy())  # no crop
     large = tf.constant(np.random.RandomState(2).randint(0, 256, (2, 80, 100, 3)), tf.uint8)
     out = augment.preprocess_for_eval(large, 64)
     assert out.shape == (2, 64, 64, 3) and out.dtype == tf.float32
     # Centre square of rint(0.875 * 80) = 70 pixels, offsets (5, 15), bicubic resize.
-    reference = tf.image.resize(augment.to_float(large[:, 5:75, 15:85]), [64, 64], "bicubic")
+    reference = tf.image.resize(image_ops.to_float(large[:, 5:75, 15:85]), [64, 64], "bicubic")
     np.testing.assert_allclose(out.numpy(), np.clip(reference.numpy(), 0, 1), atol=1e-6)
     np.testing.assert_array_equal(out.numpy(), augment.preprocess_for_eval(large, 64).numpy())
     resized = augment.preprocess_for_eval(_images(2, 28, 1), 32)

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr import config, losses
+from tf_sogclr import config, data, losses
 from tf_sogclr import export
 from tf_sogclr import models as model_lib
 from tf_sogclr.data import augment
@@ -305,8 +305,9 @@ def test_export_and_reload_give_the_same_embeddings(tmp_path):
 
 
 def test_fashion_mnist_pairs_have_stable_indices_and_template_captions(small_fashion_mnist):
-    info = captions.describe_pairs("fashion_mnist_debian", "train", small_fashion_mnist)
-    assert info.templated and info.num_examples == 128 and info.num_classes == 10
+    info = data.describe("fashion_mnist_debian", "train", small_fashion_mnist)
+    captions.check_pairs(info)
+    assert captions.templated(info) and info.num_examples == 128 and info.num_classes == 10
     vocabulary_source = captions.training_captions(info)
     assert len(vocabulary_source) == 10 * len(captions.TEMPLATES)
     tok = text_lib.TextTokenizer.from_texts(vocabulary_source, 64, 8)
@@ -319,7 +320,7 @@ def test_fashion_mnist_pairs_have_stable_indices_and_template_captions(small_fas
     index = batch["index"].numpy()
     assert len(set(index)) == 32 and index.min() >= 0 and index.max() < 128
     assert (batch["tokens"].numpy() > 1).sum(axis=1).min() >= 4  # no unknown words, no blanks
-    test_info = captions.describe_pairs("fashion_mnist_debian", "test", small_fashion_mnist)
+    test_info = data.describe("fashion_mnist_debian", "test", small_fashion_mnist)
     first = next(iter(captions.eval_pairs(test_info, 16, 28, data_dir=small_fashion_mnist)))
     np.testing.assert_array_equal(first["index"], np.arange(16))
     names = captions.FASHION_MNIST_CLASS_NAMES
@@ -353,8 +354,9 @@ class MockCaptions(tfds.core.GeneratorBasedBuilder):
 def test_caption_datasets_give_one_index_per_image(tmp_path):
     data_dir = str(tmp_path / "tfds")
     MockCaptions(data_dir=data_dir).download_and_prepare()
-    info = captions.describe_pairs("mock_captions", "train", data_dir)
-    assert info.caption_feature == "captions/text" and info.class_names is None
+    info = data.describe("mock_captions", "train", data_dir)
+    captions.check_pairs(info)
+    assert captions.caption_feature(info) == "captions/text" and captions.class_names(info) is None
     tok = text_lib.TextTokenizer.from_texts(captions.training_captions(info, data_dir), 32, 4)
     assert {"picture", "number", "3"} <= set(tok.vocabulary)
     augmenter = augment.SimCLRAugment(8, channels=3, color_distort=False)
@@ -389,10 +391,10 @@ def test_bad_configs_name_the_flag(small_fashion_mnist):
         dataclasses.replace(cfg, loss=config.LossConfig(temperature=2.0),
                             text=config.TextConfig(learnable_temperature=True)).validate()
     with pytest.raises(ValueError, match="split='validation' must be one split"):
-        captions.describe_pairs("fashion_mnist_debian", "validation", small_fashion_mnist)
+        data.describe("fashion_mnist_debian", "validation", small_fashion_mnist)
     with pytest.raises(ValueError, match="hold one"):
-        captions.describe_pairs("fashion_mnist_debian", "train", small_fashion_mnist,
-                                templates=("no placeholder",))
+        captions.check_pairs(data.describe("fashion_mnist_debian", "train", small_fashion_mnist),
+                             templates=("no placeholder",))
     with pytest.raises(ValueError, match="index must be in"):
         tiny_model("sogclr").loss_layer(tf.ones((2, 8)), tf.ones((2, 8)),
                                          tf.constant([0, NUM_EXAMPLES]))
@@ -418,7 +420,7 @@ def tiny_bimodal_config(data_dir, model_dir, **run):
 def pair_batches(cfg, nan_batch=None, sigterm_batch=None):
     """A `dataset_fn`: the caption pipeline, with a NaN image in batch `nan_batch` and a
     SIGTERM to this process when batch `sigterm_batch` is made (both counted from 0)."""
-    info = captions.describe_pairs(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
+    info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
     tokenizer = modalities.make_tokenizer(cfg, info)
 
     def sigterm():

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from test_train import tiny_config
-from tf_sogclr import data, export
-from tf_sogclr.training import finetune
+from tf_sogclr import config, data, export
+from tf_sogclr.training import finetune, finetune_model
 from tf_sogclr.training import lifecycle
 from tf_sogclr.training import modalities
 
@@ -42,7 +42,7 @@ def images(pretrained):
 
 
 def tiny_finetune(finetune_dir, **kwargs):
-    return finetune.FinetuneConfig(**{"train_epochs": 1, "train_batch_size": 16,
+    return config.FinetuneConfig(**{"train_epochs": 1, "train_batch_size": 16,
                                       "finetune_dir": str(finetune_dir), **kwargs})
 
 
@@ -73,7 +73,7 @@ class Probe(keras.callbacks.Callback):
         self.images, self.backup_dir, self.backup_files = images, backup_dir, []
 
     def on_train_begin(self, logs=None):
-        encoder = self.model.get_layer(finetune.ENCODER_NAME)
+        encoder = self.model.get_layer(finetune_model.ENCODER_NAME)
         self.encoder = ({v.path: v.numpy() for v in encoder.weights}
                         if isinstance(encoder, keras.layers.TFSMLayer) else layer_weights(encoder))
         self.features = encoder(self.images)
@@ -249,15 +249,15 @@ def test_checkpoint_of_another_architecture_is_refused(pretrained, tmp_path):
 ])
 def test_config_validation_names_the_flag(field, value, message):
     with pytest.raises(ValueError, match=message):
-        finetune.FinetuneConfig(**{field: value}).validate()
+        config.FinetuneConfig(**{field: value}).validate()
 
 
 def test_model_config_values_apply_unless_overridden(pretrained):
     cfg, _ = pretrained
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, fine_tune_after_block=2, ft_proj_selector=1))
-    assert finetune.fine_tune_after_block(cfg, finetune.FinetuneConfig()) == 2
-    assert finetune.ft_proj_selector(cfg, finetune.FinetuneConfig()) == 1
-    assert finetune.fine_tune_after_block(
-        cfg, finetune.FinetuneConfig(fine_tune_after_block=-1)) == -1
-    assert finetune.ft_proj_selector(cfg, finetune.FinetuneConfig(ft_proj_selector=0)) == 0
+    assert finetune_model.fine_tune_after_block(cfg, config.FinetuneConfig()) == 2
+    assert finetune_model.ft_proj_selector(cfg, config.FinetuneConfig()) == 1
+    assert finetune_model.fine_tune_after_block(
+        cfg, config.FinetuneConfig(fine_tune_after_block=-1)) == -1
+    assert finetune_model.ft_proj_selector(cfg, config.FinetuneConfig(ft_proj_selector=0)) == 0

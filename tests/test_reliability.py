@@ -443,7 +443,8 @@ def image_batches(dataset, data_dir):
 
 def caption_batches(dataset, data_dir):
     """The bimodal reader (captions from the class names): the same checked decoder."""
-    info = captions.describe_pairs(dataset, "train", data_dir)
+    info = data.describe(dataset, "train", data_dir)
+    captions.check_pairs(info)
     return captions.eval_pairs(info, 16, 8, data_dir=data_dir)
 
 

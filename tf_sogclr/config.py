@@ -255,3 +255,53 @@ class BimodalConfig:
             checks.fail("--temperature", f"in ({low}, {high}) with --learnable_temperature "
                         "(its initial value)", self.loss.temperature)
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings (SimCLR's flag names); data and architecture come from a
+    PretrainConfig.
+
+    `fine_tune_after_block` / `ft_proj_selector` None take the model config's values. Defaults
+    follow SimCLR's fine-tuning recipe: momentum, lr 0.1 (linear scaling), no decay, no warm-up.
+    """
+
+    checkpoint: str | None = None  # None: newest checkpoint in --model_dir
+    zero_init_logits_layer: bool = True
+    fine_tune_after_block: int | None = None
+    ft_proj_selector: int | None = None
+    train_epochs: int = 100
+    train_batch_size: int = 256
+    learning_rate: float = 0.1
+    learning_rate_scaling: str = "linear"
+    optimizer: str = "momentum"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    finetune_dir: str | None = None  # None: <model_dir>/finetune
+
+    def validate(self):
+        for flag in ("checkpoint", "finetune_dir"):
+            value = getattr(self, flag)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                checks.fail(checks.flag(flag), "a non-empty path or unset", value)
+        checks.boolean("--zero_init_logits_layer", self.zero_init_logits_layer)
+        if self.fine_tune_after_block is not None:
+            value = self.fine_tune_after_block
+            if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 4:
+                checks.fail("--fine_tune_after_block", "an integer in [-1, 4]", value)
+        if self.ft_proj_selector is not None:
+            checks.positive_int("--ft_proj_selector", self.ft_proj_selector, allow_zero=True)
+        checks.positive_int("--train_epochs", self.train_epochs)
+        checks.positive_int("--train_batch_size", self.train_batch_size)
+        self.optimizer_config.validate()
+        return self
+
+    @property
+    def optimizer_config(self):
+        """The optimiser settings as a `config.OptimizerConfig` (the one optimiser factory,
+        `optim.build_scheduled_optimizer`, takes that)."""
+        return OptimizerConfig(
+            optimizer=self.optimizer, learning_rate=self.learning_rate,
+            learning_rate_scaling=self.learning_rate_scaling, momentum=self.momentum,
+            weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs)

@@ -7,8 +7,8 @@ whose images vary in size (ImageNet) are cropped to image_size per example befor
 Seeds: `seed` fixes file order, shuffling and augmentation (a batch's augmentation seed
 derives from (seed, host, batch number), never from timing); bit-identical runs also need
 deterministic=True, which keeps element order under parallel reads and maps. The shuffle,
-repeat and seed helpers (`shuffled_and_repeated`, `augmentation_seeds`, `pipeline_options`)
-serve the caption pipelines (`data.captions`) too.
+repeat and seed helpers (`shuffled_and_repeated`, `batch_seeds`, `pipeline_options`) serve
+the caption pipelines (`data.captions`) too.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
+from tf_sogclr import checks
 from tf_sogclr.data import augment
 from tf_sogclr.data.tfds_source import (AUTOTUNE, IMAGE_KEY, LABEL_KEY, check_channels,
-                                        check_labels, check_not_empty, check_positive, describe,
-                                        read_split, tfds_id_to_index)
+                                        check_labels, check_not_empty, describe, read_split,
+                                        tfds_id_to_index)
 
 
 def per_replica_batch_size(global_batch_size: int, input_context) -> int:
     """This pipeline's batch: `global_batch_size`, or its per-replica share (must divide)."""
-    check_positive("global_batch_size", global_batch_size)
+    checks.positive_int("global_batch_size", global_batch_size)
     if input_context is None:
         return global_batch_size
     replicas = input_context.num_replicas_in_sync
@@ -49,30 +49,48 @@ def augmentation_seeds(seed: int | None, deterministic: bool, input_context) -> 
     """(augmentation seed, pipeline id); a random augmentation seed when none is given."""
     if deterministic and seed is None:
         raise ValueError("deterministic=True needs an integer seed (got seed=None)")
-    if seed is not None and not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if seed is not None and not checks.is_integer(seed):
+        checks.fail("seed", "an integer or None", seed)
     pipeline = 0 if input_context is None else input_context.input_pipeline_id
     return (random.SystemRandom().randrange(2**31) if seed is None else int(seed)), pipeline
+
+
+def batch_seeds(seed: int | None, deterministic: bool, input_context
+                ) -> Callable[[tf.Tensor, int], tf.Tensor]:
+    """`seed_for(counter, salt)`: the stateless seed ([2] int64) of element or batch number
+    `counter` for use `salt`, from (seed, host, counter, salt) alone, never from timing."""
+    base_seed = tf.constant(augmentation_seeds(seed, deterministic, input_context), tf.int64)
+
+    def seed_for(counter, salt):
+        fold_in = tf.random.experimental.stateless_fold_in
+        return fold_in(fold_in(base_seed, counter), salt)
+
+    return seed_for
+
+
+def shuffled_and_repeated(ds: tf.data.Dataset, shuffle_buffer: int, num_epochs: int | None,
+                          cache: bool, seed: int | None) -> tf.data.Dataset:
+    """`ds` cached (optionally), shuffled anew each epoch and repeated `num_epochs` times
+    (None: forever)."""
+    checks.positive_int("shuffle_buffer", shuffle_buffer)
+    if num_epochs is not None:
+        checks.positive_int("num_epochs", num_epochs)
+    if cache:
+        ds = ds.cache()
+    return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat(num_epochs)
 
 
 def _augmented_batches(info, data_dir, batch_size, augmenter, num_views, shuffle_buffer,
                        num_epochs, cache, seed, deterministic, input_context):
     """Shuffled, repeated batches {"views": num_views x [b, S, S, C], "index", "label"}."""
-    check_positive("shuffle_buffer", shuffle_buffer)
-    check_positive("num_epochs", num_epochs, allow_none=True)
-    aug_seed, pipeline = augmentation_seeds(seed, deterministic, input_context)
-    base_seed = tf.constant([aug_seed, pipeline], tf.int64)
+    seed_for = batch_seeds(seed, deterministic, input_context)
 
     def view_seeds(counter, salt):
-        seed = tf.random.experimental.stateless_fold_in(base_seed, counter)
-        seed = tf.random.experimental.stateless_fold_in(seed, salt)
-        return tf.unstack(tf.random.experimental.stateless_split(seed, num_views))
+        return tf.unstack(tf.random.experimental.stateless_split(seed_for(counter, salt),
+                                                                 num_views))
 
     ds = read_split(info, data_dir, shuffle_files=True, seed=seed, input_context=input_context)
-    if cache:
-        ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat(num_epochs)
+    ds = shuffled_and_repeated(ds, shuffle_buffer, num_epochs, cache, seed)
     if not info.fixed_size:  # Images vary in size: crop each to S x S before batching.
         def crop(counter, ex):
             image = ex.pop(IMAGE_KEY)[None]

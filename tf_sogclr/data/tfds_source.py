@@ -51,6 +51,8 @@ class DatasetInfo:
     num_classes: int | None  # None: the dataset has no 'label' feature
     image_shape: tuple  # (height, width, channels); height/width None when sizes vary
     shard_lengths: tuple  # examples per shard file of the base split, in shard order
+    label_names: tuple | None = None  # the ClassLabel's names, in label order; None: no labels
+    text_features: tuple = ()  # paths of the Text features ("captions/text"), Sequences unwrapped
 
     @property
     def channels(self) -> int:
@@ -107,8 +109,8 @@ def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetIn
             f"Splits of {dataset}: {splits}")
     base_split = match.group(1)
     if base_split not in builder.info.splits:
-        raise ValueError(f"split={split!r}: {dataset} has no split {base_split!r}; "
-                         f"its splits are {splits}")
+        raise ValueError(f"split={split!r} must be one split of {dataset}, optionally sliced: "
+                         f"{dataset} has no split {base_split!r}; its splits are {splits}")
     try:
         num_split_examples = builder.info.splits[split].num_examples
     except (ValueError, AssertionError, KeyError) as error:
@@ -151,7 +153,21 @@ def describe(dataset: str, split: str, data_dir: str | None = None) -> DatasetIn
         num_classes=None if label is None else int(label.num_classes),
         image_shape=tuple(image.shape),
         shard_lengths=shard_lengths,
+        label_names=None if label is None else tuple(label.names),
+        text_features=_text_feature_paths(features),
     )
+
+
+def _text_feature_paths(feature, prefix=""):
+    """Paths ("captions/text") of every Text feature under `feature`, Sequences unwrapped."""
+    while isinstance(feature, tfds.features.Sequence):
+        feature = feature.feature
+    if isinstance(feature, tfds.features.Text):
+        return (prefix,)
+    if not isinstance(feature, tfds.features.FeaturesDict):
+        return ()
+    return tuple(path for key in feature.keys()
+                 for path in _text_feature_paths(feature[key], f"{prefix}/{key}".lstrip("/")))
 
 
 def tfds_id_to_index(tfds_ids: tf.Tensor, shard_lengths) -> tf.Tensor:
@@ -244,15 +260,6 @@ def check_channels(info: DatasetInfo, channels: int | None) -> int:
     return info.channels
 
 
-def check_positive(name: str, value, allow_none: bool = False) -> None:
-    """Raises ValueError unless `value` is an int >= 1 (or None with `allow_none`)."""
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-
-
 def host_split(split: str, input_context: tf.distribute.InputContext | None):
     """This host's share of `split`: contiguous, disjoint, covering the split over all hosts."""
     if input_context is None or input_context.num_input_pipelines == 1:
@@ -262,8 +269,11 @@ def host_split(split: str, input_context: tf.distribute.InputContext | None):
 
 
 def read_split(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | None,
-          input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
-    """Per-example {"image": uint8 [H, W, C], "label": int64 [], "tfds_id": string []}."""
+               input_context: tf.distribute.InputContext | None, *, keep: tuple = (),
+               decode_images: bool = True) -> tf.data.Dataset:
+    """Per-example {"image": uint8 [H, W, C], "label": int64 [], "tfds_id": string []}, plus
+    the top-level features named in `keep` as TFDS gives them. With decode_images=False,
+    "image" holds the encoded bytes (a string []) and is not checked."""
     builder = tfds.builder(info.name, data_dir=data_dir)
     # Unshuffled reads go file after file (no interleave), so they follow the index order.
     read_config = tfds.ReadConfig(
@@ -277,10 +287,12 @@ def read_split(info: DatasetInfo, data_dir, shuffle_files: bool, seed: int | Non
     )
 
     def decode(example):
-        image = decode_checked(info, example[IMAGE_KEY], example["tfds_id"])
+        image = (decode_checked(info, example[IMAGE_KEY], example["tfds_id"]) if decode_images
+                 else example[IMAGE_KEY])
         label = (tf.cast(example[LABEL_KEY], tf.int64) if info.num_classes is not None
                  else tf.constant(-1, tf.int64))
-        return {IMAGE_KEY: image, LABEL_KEY: label, "tfds_id": example["tfds_id"]}
+        return {IMAGE_KEY: image, LABEL_KEY: label, "tfds_id": example["tfds_id"],
+                **{key: example[key] for key in keep}}
 
     return ds.map(decode, num_parallel_calls=AUTOTUNE)
 

@@ -68,13 +68,13 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
         if not 0 <= temperature_rho < float("inf"):
             raise ValueError(f"temperature_rho must be >= 0, got {temperature_rho!r}.")
         super().__init__(loss_layer, weight_decay=weight_decay, **kwargs)
+        self.learnable_temperature = bool(learnable_temperature)
+        self.temperature_rho = float(temperature_rho)
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.image_head = image_head
         self.text_head = text_head
         self.tokenizer = tokenizer
-        self.learnable_temperature = bool(learnable_temperature)
-        self.temperature_rho = float(temperature_rho)
         self.temperature_logit = None
         if self.learnable_temperature:
             low, high = TEMPERATURE_RANGE

@@ -7,7 +7,9 @@
     preemption    SIGTERM handling and worker agreement
     step_guard    guarded optimiser steps (no update from a non-finite term)
     optim         LARS, warm-up + cosine schedule, the one optimiser factory
-    finetune      supervised fine-tuning with Keras fit
+    finetune      supervised fine-tuning with Keras fit: checks, resume, evaluation
+    finetune_source  the pretrained source (checkpoint or SavedModel) and its checks
+    finetune_model   the fine-tuning classifier built from that source
 
 Import the submodules (`from tf_sogclr.training import lifecycle`); this package imports
 nothing itself, so models can use `step_guard` and `optim` without a cycle.

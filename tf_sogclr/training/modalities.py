@@ -256,7 +256,9 @@ class Bimodal(Modality):
     name = "bimodal"
 
     def describe(self, cfg, split):
-        return captions.describe_pairs(cfg.data.dataset, split, cfg.data.data_dir)
+        info = data_lib.describe(cfg.data.dataset, split, cfg.data.data_dir)
+        captions.check_pairs(info)
+        return info
 
     def check_against_data(self, cfg, info, strategy):
         run = dataclasses.replace(cfg.run, lineareval_while_pretraining=False)
@@ -295,7 +297,7 @@ class Bimodal(Modality):
                                       data_dir=cfg.data.data_dir)
         encode_image = tf.function(model.encode_image, reduce_retracing=True)
         encode_text = tf.function(model.encode_text, reduce_retracing=True)
-        prompts = captions.class_prompts(info) if info.class_names is not None else None
+        prompts = captions.class_prompts(info) if info.label_names is not None else None
         return zero_shot.evaluate_dual_encoder(encode_image, encode_text, dataset, prompts,
                                                eval_steps)
 
