@@ -9,6 +9,11 @@ through the L2 normalisation.
 import numpy as np
 
 
+def random_views(rng, batch, dim=5):
+    """Two float64 [batch, dim] normal draws: the projections of two views."""
+    return rng.normal(size=(batch, dim)), rng.normal(size=(batch, dim))
+
+
 def normalize(z):
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import precision
+import tiny
 from tf_sogclr import export, losses
 from tf_sogclr import models as model_lib
 from tf_sogclr.evaluation import knn
@@ -328,3 +329,34 @@ def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="not a complete SavedModel"):
         export.load_encoder(str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- dual encoder
+
+
+def test_export_and_reload_give_the_same_embeddings(tmp_path):
+    model = tiny.dual_encoder("simclr", learnable=True)
+    base = str(tmp_path / "saved_model")
+    path = export.export_dual_encoder_for_step(model, base, 3, tiny.IMAGE_SHAPE, keep_max=1)
+    assert path == f"{base}/3"
+    export.export_dual_encoder_for_step(model, base, 4, tiny.IMAGE_SHAPE, keep_max=1)
+    assert os.listdir(base) == ["4"]
+    loaded = export.LoadedDualEncoder(f"{base}/4")
+    texts = ["a photo of a dog.", "A DOG", "never seen words", ""]
+    np.testing.assert_allclose(loaded.encode_text(texts), model.encode_text(tf.constant(texts)),
+                               atol=1e-5)
+    images = np.random.default_rng(2).uniform(size=(3, *tiny.IMAGE_SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(loaded.encode_image(images), model.encode_image(images),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(loaded.encode_image(images), axis=1), 1.0,
+                               rtol=1e-5)
+    assert loaded.temperature == pytest.approx(float(model.temperature()))
+    raw = tf.saved_model.load(f"{base}/4")
+    assert sorted(raw.signatures) == ["encode_image", "encode_text"]
+    out = raw.signatures["encode_text"](texts=tf.constant(texts))
+    np.testing.assert_allclose(out["embedding"], loaded.encode_text(texts), atol=1e-6)
+    model.tokenizer = None
+    with pytest.raises(ValueError, match="tokenizer"):
+        export.export_dual_encoder(model, str(tmp_path / "x"), tiny.IMAGE_SHAPE)
+    with pytest.raises(ValueError, match="not a complete SavedModel"):
+        export.LoadedDualEncoder(base)

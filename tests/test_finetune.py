@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from test_train import tiny_config
+import tiny
 from tf_sogclr import config, data, export
 from tf_sogclr.training import finetune, finetune_model
 from tf_sogclr.training import lifecycle
@@ -18,7 +18,7 @@ from tf_sogclr.training import modalities
 @pytest.fixture(scope="module")
 def pretrained(small_fashion_mnist, tmp_path_factory):
     """(config, PretrainResult) of 4 tiny pretraining steps: checkpoints ckpt-2 and ckpt-4."""
-    cfg = tiny_config(small_fashion_mnist, tmp_path_factory.mktemp("pretrain") / "run",
+    cfg = tiny.pretrain_config(small_fashion_mnist, tmp_path_factory.mktemp("pretrain") / "run",
                       train_steps=4, checkpoint_steps=2)
     result = lifecycle.pretrain(cfg, verbose=0)
     assert result.checkpoint.endswith("ckpt-4")

@@ -1,57 +1,21 @@
-"""Tests of tf_sogclr.models.sogclr_model and the multi-step loop of tf_sogclr.training.loop on a tiny encoder."""
+"""Tests of tf_sogclr.models.sogclr_model and the multi-step loop of tf_sogclr.training.loop on
+the tiny ResNet of tests/tiny.py."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import losses
+import tiny
 from tf_sogclr import models as model_lib
 from tf_sogclr.models import resnet
 from tf_sogclr.training import loop as training_loop
-from tf_sogclr.training import optim
-
-IMAGE_SHAPE = (8, 8, 1)
-NUM_EXAMPLES = 24
-NUM_CLASSES = 3
-
-
-def tiny_model(loss="sogclr", global_bn=False, optimizer="lars", weight_decay=1e-4):
-    """A ResNet-18 of width 1/16 on 8x8x1 images, built and compiled (optimizer built)."""
-    encoder = resnet.build_resnet(18, width_multiplier=0.0625, small_image_stem=True,
-                                  global_bn=global_bn, input_shape=IMAGE_SHAPE)
-    head = model_lib.ProjectionHead("nonlinear", proj_out_dim=8, num_proj_layers=2,
-                                    global_bn=global_bn)
-    loss_layer = (losses.GlobalContrastiveLoss(NUM_EXAMPLES, temperature=0.2)
-                  if loss == "sogclr" else losses.NTXentLoss(temperature=0.2))
-    model = model_lib.SogCLRModel(encoder, head, loss_layer, num_classes=NUM_CLASSES,
-                                  weight_decay=weight_decay)
-    model.compile(optimizer=optim.build_optimizer(optimizer, 0.05, weight_decay=weight_decay))
-    model.build((None, *IMAGE_SHAPE))
-    model.optimizer.build(model.trainable_variables)
-    return model
-
-
-def fixed_batch(batch=8, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(size=(batch, *IMAGE_SHAPE)).astype(np.float32)
-    noise = 0.05 * rng.normal(size=images.shape).astype(np.float32)
-    return {
-        "view1": tf.constant(images),
-        "view2": tf.constant(np.clip(images + noise, 0, 1)),
-        "index": tf.constant(rng.choice(NUM_EXAMPLES, batch, replace=False), tf.int32),
-        "label": tf.constant(rng.integers(0, NUM_CLASSES, batch), tf.int64),
-    }
-
-
-def copy_weights(source, target):
-    for s, t in zip(source.weights, target.weights):
-        t.assign(s.value.values[0].numpy() if hasattr(s.value, "values") else s.numpy())
+from tiny import IMAGE_SHAPE, NUM_CLASSES, NUM_EXAMPLES
 
 
 @pytest.mark.parametrize("loss", ["sogclr", "simclr"])
 def test_fit_on_a_fixed_batch_lowers_the_loss(loss):
-    model = tiny_model(loss)
-    batch = fixed_batch()
+    model = tiny.sogclr_model(loss)
+    batch = tiny.view_batch()
     data = tf.data.Dataset.from_tensors(batch).repeat()
     history = model.fit(data, epochs=6, steps_per_epoch=3, verbose=0).history
     for name in ("contrastive_loss", "objective", "linear_loss", "learning_rate"):
@@ -68,12 +32,12 @@ def test_fit_on_a_fixed_batch_lowers_the_loss(loss):
 
 
 def test_call_and_evaluate_report_linear_head_scores():
-    model = tiny_model()
+    model = tiny.sogclr_model()
     outputs = model(tf.zeros((5, *IMAGE_SHAPE)))
     assert outputs["features"].shape == (5, resnet.feature_dim(18, 0.0625))
     assert outputs["projection"].shape == (5, 8)
     assert outputs["logits"].shape == (5, NUM_CLASSES)
-    batch = fixed_batch()
+    batch = tiny.view_batch()
     data = tf.data.Dataset.from_tensors({"image": batch["view1"], "label": batch["label"]})
     scores = model.evaluate(data, return_dict=True, verbose=0)
     assert set(scores) == {"linear_loss", "linear_top1", "linear_top5"}
@@ -97,7 +61,7 @@ def test_projection_head_modes_and_bad_arguments():
 
 
 def test_lars_excludes_batch_norm_bias_and_linear_head_by_path():
-    model = tiny_model()
+    model = tiny.sogclr_model()
     optimizer = model.optimizer
     for variable, adapted in zip(model.trainable_variables, optimizer._adaptation_flags):
         excluded = any(p in variable.path for p in ("batch_norm", "bias", "head_supervised"))
@@ -105,86 +69,55 @@ def test_lars_excludes_batch_norm_bias_and_linear_head_by_path():
     assert any("head_supervised" in v.path for v in model.trainable_variables)
 
 
-def _run_steps(model, strategy, batches, steps_per_execution, jit_compile=False):
-    loop = training_loop.train_loop_function(model, strategy, jit_compile=jit_compile)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {k: tf.stack([b[k] for b in batches]) for k in batches[0]})
-    if strategy is tf.distribute.get_strategy():
-        iterator = iter(dataset)
-    else:
-        iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    done = 0
-    while done < len(batches):
-        n = min(steps_per_execution, len(batches) - done)
-        logs = loop(iterator, tf.constant(n))
-        done += n
-    return logs
-
-
-def _replica_values(weight):
-    """A weight's value on every replica (one entry outside a strategy)."""
-    return [v.numpy() for v in getattr(weight.value, "values", [weight.value])]
-
-
-def _assert_same_weights(a, b, rtol):
-    """Same values, replica by replica; a one-device `b` stands for every replica."""
-    for wa, wb in zip(a.weights, b.weights):
-        values_a, values_b = _replica_values(wa), _replica_values(wb)
-        if len(values_b) == 1:
-            values_b = values_b * len(values_a)
-        for value_a, value_b in zip(values_a, values_b):
-            np.testing.assert_allclose(value_a, value_b, rtol=rtol, atol=rtol, err_msg=wa.path)
-
-
 def test_mirrored_two_replicas_equal_one_device_with_global_bn(mirrored_strategy):
-    batches = [fixed_batch(8, seed) for seed in (1, 2)]
-    single = tiny_model(global_bn=True)
+    batches = [tiny.view_batch(8, seed) for seed in (1, 2)]
+    single = tiny.sogclr_model(global_bn=True)
     with mirrored_strategy.scope():
-        mirrored = tiny_model(global_bn=True)
-    copy_weights(single, mirrored)
-    single_logs = _run_steps(single, tf.distribute.get_strategy(), batches, 1)
-    mirrored_logs = _run_steps(mirrored, mirrored_strategy, batches, 2)
-    _assert_same_weights(mirrored, single, rtol=1e-4)
+        mirrored = tiny.sogclr_model(global_bn=True)
+    tiny.copy_weights(single, mirrored)
+    single_logs = tiny.run_steps(single, tf.distribute.get_strategy(), batches, 1)
+    mirrored_logs = tiny.run_steps(mirrored, mirrored_strategy, batches, 2)
+    tiny.assert_same_weights(mirrored, single, rtol=1e-4)
     np.testing.assert_allclose(mirrored_logs["contrastive_loss"],
                                single_logs["contrastive_loss"], rtol=1e-4)
     assert np.count_nonzero(single.loss_layer.estimates()) == len(
         np.unique(np.concatenate([b["index"].numpy() for b in batches])))
-    for table in _replica_values(mirrored.loss_layer.u_table.log_u):
+    for table in tiny.replica_values(mirrored.loss_layer.u_table.log_u):
         np.testing.assert_allclose(np.exp(table), single.loss_layer.estimates(), rtol=1e-4)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_steps_per_execution_equals_single_steps_on_one_device(jit_compile):
-    batches = [fixed_batch(8, seed) for seed in (3, 4, 5)]
-    one_at_a_time, grouped = tiny_model(), tiny_model()
-    copy_weights(one_at_a_time, grouped)
-    _run_steps(one_at_a_time, tf.distribute.get_strategy(), batches, 1, jit_compile)
-    _run_steps(grouped, tf.distribute.get_strategy(), batches, 3, jit_compile)
-    _assert_same_weights(grouped, one_at_a_time, rtol=1e-5)
+    batches = [tiny.view_batch(8, seed) for seed in (3, 4, 5)]
+    one_at_a_time, grouped = tiny.sogclr_model(), tiny.sogclr_model()
+    tiny.copy_weights(one_at_a_time, grouped)
+    tiny.run_steps(one_at_a_time, tf.distribute.get_strategy(), batches, 1, jit_compile)
+    tiny.run_steps(grouped, tf.distribute.get_strategy(), batches, 3, jit_compile)
+    tiny.assert_same_weights(grouped, one_at_a_time, rtol=1e-5)
     assert int(grouped.optimizer.iterations.numpy()) == 3
 
 
 def test_steps_per_execution_equals_single_steps_mirrored(mirrored_strategy):
-    batches = [fixed_batch(8, seed) for seed in (6, 7)]
+    batches = [tiny.view_batch(8, seed) for seed in (6, 7)]
     with mirrored_strategy.scope():
-        one_at_a_time, grouped = tiny_model(), tiny_model()
-    copy_weights(one_at_a_time, grouped)
-    _run_steps(one_at_a_time, mirrored_strategy, batches, 1)
-    _run_steps(grouped, mirrored_strategy, batches, 2)
-    _assert_same_weights(grouped, one_at_a_time, rtol=1e-5)
+        one_at_a_time, grouped = tiny.sogclr_model(), tiny.sogclr_model()
+    tiny.copy_weights(one_at_a_time, grouped)
+    tiny.run_steps(one_at_a_time, mirrored_strategy, batches, 1)
+    tiny.run_steps(grouped, mirrored_strategy, batches, 2)
+    tiny.assert_same_weights(grouped, one_at_a_time, rtol=1e-5)
 
 
 def test_jit_compile_refused_for_mirrored(mirrored_strategy):
     with mirrored_strategy.scope():
-        model = tiny_model()
+        model = tiny.sogclr_model()
     with pytest.raises(ValueError, match="jit_compile=True is not available"):
         training_loop.train_loop_function(model, mirrored_strategy, jit_compile=True)
 
 
 def test_fit_under_mirrored_strategy(mirrored_strategy):
     with mirrored_strategy.scope():
-        model = tiny_model(loss="sogclr")
-    data = tf.data.Dataset.from_tensors(fixed_batch()).repeat()
+        model = tiny.sogclr_model(loss="sogclr")
+    data = tf.data.Dataset.from_tensors(tiny.view_batch()).repeat()
     history = model.fit(data, epochs=1, steps_per_epoch=2, verbose=0).history
     assert np.isfinite(history["contrastive_loss"][0])
     for replica_table in model.loss_layer.u_table.log_u.value.values:
@@ -193,21 +126,21 @@ def test_fit_under_mirrored_strategy(mirrored_strategy):
 
 
 def test_sgd_weight_decay_goes_through_the_loss():
-    model = tiny_model(optimizer="momentum", weight_decay=1e-3)
-    logs = model.train_step(fixed_batch())
+    model = tiny.sogclr_model(optimizer="momentum", weight_decay=1e-3)
+    logs = model.train_step(tiny.view_batch())
     assert logs["weight_decay_loss"] > 0
-    lars = tiny_model(optimizer="lars", weight_decay=1e-3)
-    lars_logs = lars.train_step(fixed_batch())
+    lars = tiny.sogclr_model(optimizer="lars", weight_decay=1e-3)
+    lars_logs = lars.train_step(tiny.view_batch())
     assert 0 < lars_logs["weight_decay_loss"] < logs["weight_decay_loss"]  # linear head only
 
 
 def test_local_batch_norm_statistics_agree_across_replicas(mirrored_strategy):
     with mirrored_strategy.scope():
-        model = tiny_model(global_bn=False)
-    _run_steps(model, mirrored_strategy, [fixed_batch(8, 9)], 1)
+        model = tiny.sogclr_model(global_bn=False)
+    tiny.run_steps(model, mirrored_strategy, [tiny.view_batch(8, 9)], 1)
     moving = [w for w in model.weights if "moving_" in w.path]
     assert len(moving) > 10
     for weight in moving:
-        copies = _replica_values(weight)
+        copies = tiny.replica_values(weight)
         assert len(copies) == 2
         np.testing.assert_allclose(copies[1], copies[0], rtol=1e-6, err_msg=weight.path)

@@ -210,17 +210,6 @@ def test_fine_tune_after_block_freezes_stem_and_groups(fine_tune_after_block):
             assert changed != frozen(v.path), v.path
 
 
-def test_stop_gradient_layer_round_trips_config():
-    layer = resnet.StopGradient(name="cut")
-    clone = resnet.StopGradient.from_config(layer.get_config())
-    assert clone.name == "cut"
-    x = tf.constant([[1.0, 2.0]])
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = tf.reduce_sum(clone(x))
-    assert tape.gradient(y, x) is None
-
-
 def test_frozen_model_saves_and_loads(tmp_path):
     model = _tiny_resnet18(fine_tune_after_block=2)
     x = _images(2, 16)

@@ -120,3 +120,34 @@ def test_native_import_output_is_kept_off_stderr_and_logged(tmp_path, verbose):
                             text=True, timeout=120, env=dict(os.environ, FAIL="1"))
     assert failed.returncode != 0
     assert "native noise" in failed.stderr and "ImportError: broken" in failed.stderr
+
+
+def test_run_py_bimodal_trains_evaluates_and_exports(small_fashion_mnist, tmp_path):
+    from tf_sogclr import export
+    from tf_sogclr.training import modalities
+
+    model_dir = str(tmp_path / "run")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "run.py"), "--modality=bimodal",
+         f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}", "--train_steps=3",
+         "--checkpoint_steps=2", "--train_batch_size=16", "--eval_batch_size=64",
+         "--width_multiplier=0.0625", "--proj_out_dim=8", "--text_encoder=mlp",
+         "--text_width=16", "--vocab_size=64", "--max_text_length=8",
+         "--learnable_temperature"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = summary_of(done.stdout)
+    assert summary["step"] == 3 and summary["checkpoint"].endswith("ckpt-3")
+    assert summary["train"]["bad_steps"] == 0
+    assert 0.005 < summary["train"]["temperature"] < 1.0
+    scores = summary["eval"]
+    for name in ("zero_shot_top1", "image_to_text_recall@1", "image_to_text_recall@5"):
+        assert 0.0 <= scores[name] <= 1.0, name
+    assert scores["image_to_text_recall@5"] >= scores["image_to_text_recall@1"]
+    assert scores["num_images"] == 128
+    vocabulary = modalities.vocabulary_from_checkpoint(summary["checkpoint"])
+    assert vocabulary[:2] == ["", "[UNK]"] and "sneaker" in vocabulary
+    assert summary["export"] == os.path.join(model_dir, "saved_model", "3")
+    loaded = export.LoadedDualEncoder(summary["export"])
+    assert loaded.encode_text(["a photo of a bag."]).shape == (1, 8)

@@ -1,28 +1,21 @@
-"""Tests of tf_sogclr.training.lifecycle.pretrain on a small slice of Fashion-MNIST."""
+"""Tests of tf_sogclr.training.lifecycle.pretrain (both modalities) on a small slice of
+Fashion-MNIST."""
 
 import dataclasses
+import logging
 import os
+import signal
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_sogclr import config
-from tf_sogclr.training import lifecycle
+import tiny
+from tf_sogclr import config, data
+from tf_sogclr.data import augment, captions
+from tf_sogclr.training import checkpoints, lifecycle
 from tf_sogclr.training import loop as training_loop
-
-
-def tiny_config(data_dir, model_dir, **run):
-    """ResNet-18 of width 1/16 on 28x28x1, batch 16: a few seconds a step at most."""
-    run = {"model_dir": str(model_dir), "train_batch_size": 16, "train_epochs": 1,
-           "train_steps": 4, "checkpoint_steps": 2, "keep_checkpoint_max": 2, "seed": 1, **run}
-    return config.PretrainConfig(
-        data=config.DataConfig(dataset="fashion_mnist_debian", data_dir=data_dir,
-                               image_size=28, shuffle_buffer=64),
-        model=config.ModelConfig(width_multiplier=0.0625, proj_out_dim=8),
-        optimizer=config.OptimizerConfig(learning_rate=0.1, warmup_epochs=0.0),
-        run=config.RunConfig(**run),
-    )
+from tf_sogclr.training import modalities
 
 
 def _state(model):
@@ -31,7 +24,7 @@ def _state(model):
 
 
 def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path):
-    cfg = tiny_config(small_fashion_mnist, tmp_path / "run", steps_per_execution=2)
+    cfg = tiny.pretrain_config(small_fashion_mnist, tmp_path / "run", steps_per_execution=2)
     first = lifecycle.pretrain(cfg, verbose=0)
     assert first.step == 4
     assert np.isfinite(first.logs["contrastive_loss"]) and first.logs["bad_steps"] == 0
@@ -57,7 +50,7 @@ def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path)
 
 
 def test_pretrain_mirrored_with_global_bn(small_fashion_mnist, tmp_path, mirrored_strategy):
-    cfg = tiny_config(small_fashion_mnist, tmp_path / "run", train_steps=2)
+    cfg = tiny.pretrain_config(small_fashion_mnist, tmp_path / "run", train_steps=2)
     result = lifecycle.pretrain(cfg, strategy=mirrored_strategy, verbose=0)
     assert result.step == 2 and np.isfinite(result.logs["contrastive_loss"])
     tables = [v.numpy() for v in result.model.loss_layer.u_table.log_u.value.values]
@@ -65,7 +58,7 @@ def test_pretrain_mirrored_with_global_bn(small_fashion_mnist, tmp_path, mirrore
 
 
 def test_pretrain_simclr_with_jit_compile(small_fashion_mnist, tmp_path):
-    cfg = tiny_config(small_fashion_mnist, tmp_path / "run", train_steps=2, jit_compile=True)
+    cfg = tiny.pretrain_config(small_fashion_mnist, tmp_path / "run", train_steps=2, jit_compile=True)
     cfg = dataclasses.replace(cfg, loss=config.LossConfig(loss="simclr"))
     result = lifecycle.pretrain(cfg, verbose=0)
     assert result.step == 2 and np.isfinite(result.logs["contrastive_loss"])
@@ -78,7 +71,7 @@ def test_pretrain_simclr_with_jit_compile(small_fashion_mnist, tmp_path):
     (dict(jit_compile=True), "jit_compile=True is not available"),
 ])
 def test_bad_runs_fail_before_writing(small_fashion_mnist, tmp_path, mirrored_strategy, run, message):
-    cfg = tiny_config(small_fashion_mnist, tmp_path / "run", **run)
+    cfg = tiny.pretrain_config(small_fashion_mnist, tmp_path / "run", **run)
     with pytest.raises(ValueError, match=message):
         lifecycle.pretrain(cfg, strategy=mirrored_strategy, verbose=0)
     assert not (tmp_path / "run").exists()
@@ -92,3 +85,75 @@ def test_schedule_stops_at_epoch_checkpoint_and_execution_boundaries():
     assert schedule.next_stop(24, 100) == 25
     assert schedule.checkpoint_due(8) and schedule.checkpoint_due(25)
     assert not schedule.checkpoint_due(10)
+
+
+# --------------------------------------------------------------------------- bimodal
+
+
+def pair_batches(cfg, nan_batch=None, sigterm_batch=None):
+    """A `dataset_fn`: the caption pipeline, with a NaN image in batch `nan_batch` and a
+    SIGTERM to this process when batch `sigterm_batch` is made (both counted from 0)."""
+    info = data.describe(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir)
+    tokenizer = modalities.make_tokenizer(cfg, info)
+
+    def sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return np.int64(0)
+
+    def fn(context):
+        augmenter = augment.SimCLRAugment(8, channels=1, color_distort=False)
+        ds = captions.pair_dataset(info, 16, tokenizer, augmenter, data_dir=cfg.data.data_dir,
+                                   seed=0, input_context=context)
+
+        def mark(i, batch):
+            if nan_batch is not None:
+                first = tf.equal(tf.range(16), 0)[:, None, None, None]
+                batch["image"] = tf.where(tf.equal(i, nan_batch) & first, np.nan,
+                                          batch["image"])
+            if sigterm_batch is not None:
+                sent = tf.cond(tf.equal(i, sigterm_batch),
+                               lambda: tf.numpy_function(sigterm, [], tf.int64),
+                               lambda: tf.constant(0, tf.int64))
+                with tf.control_dependencies([sent]):
+                    batch["index"] = tf.identity(batch["index"])
+            return batch
+
+        return ds.enumerate().map(mark)
+    return fn
+
+
+def test_bimodal_pretraining_is_preempted_skips_or_stops_like_unimodal(small_fashion_mnist,
+                                                                        tmp_path, caplog):
+    # Shares `training_loop.run_schedule` with unimodal pretraining (tests/test_reliability.py).
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # Never kill the test run.
+    try:
+        model_dir = tmp_path / "run"
+        cfg = tiny.bimodal_config(small_fashion_mnist, model_dir, train_steps=6)
+        preempted = lifecycle.pretrain(cfg, verbose=0,
+                                             dataset_fn=pair_batches(cfg, sigterm_batch=1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert preempted.preempted and 1 <= preempted.step < 6
+    assert preempted.checkpoint == str(model_dir / f"ckpt-{preempted.step}")
+
+    # Resumed with "skip": the first batch it reads has a NaN image, and is skipped.
+    skip = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, nonfinite_policy="skip"))
+    with caplog.at_level(logging.WARNING, logger="tf_sogclr.training.loop"):
+        result = lifecycle.pretrain(skip, verbose=0,
+                                          dataset_fn=pair_batches(cfg, nan_batch=0))
+    assert "Non-finite embeddings, contrastive_loss" in caplog.text
+    assert f"at step {preempted.step + 1}" in caplog.text
+    assert not result.preempted and result.step == 6
+    assert result.logs["nonfinite_steps"] == 1 and np.isfinite(result.logs["contrastive_loss"])
+    for weight in result.model.weights:
+        assert np.all(np.isfinite(weight.numpy())), weight.path
+
+    # "stop" (the default): the bad step 3 is not applied nor checkpointed.
+    stop_dir = tmp_path / "stop"
+    cfg = tiny.bimodal_config(small_fashion_mnist, stop_dir)
+    with pytest.raises(FloatingPointError) as raised:
+        lifecycle.pretrain(cfg, verbose=0, dataset_fn=pair_batches(cfg, nan_batch=2))
+    for part in ("Non-finite embeddings", "at step 3",
+                 f"The last good checkpoint is {stop_dir / 'ckpt-2'}"):
+        assert part in str(raised.value)
+    assert checkpoints.latest_checkpoint(str(stop_dir)) == str(stop_dir / "ckpt-2")

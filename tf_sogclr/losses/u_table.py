@@ -6,8 +6,8 @@ most negative finite float32, so `exp` of the table is exactly 0 there and no se
 and memory traffic are O(global batch), never O(num_examples).
 """
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 UNVISITED = float(np.finfo(np.float32).min)
@@ -48,6 +48,7 @@ def mean_over_duplicates(index, log_values):
     return tf.gather(log_mean, first)
 
 
+@keras.saving.register_keras_serializable(package="tf_sogclr")
 class UTable(keras.layers.Layer):
     """A table of log u, one float32 row per training example, with sparse reads and writes.
 

@@ -1,0 +1,102 @@
+"""Tests of tf_sogclr.data.captions: caption extraction, templates and pair batches."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tf_sogclr import data
+from tf_sogclr.data import augment, captions
+from tf_sogclr.models import text as text_lib
+
+
+def test_fashion_mnist_pairs_have_stable_indices_and_template_captions(small_fashion_mnist):
+    info = data.describe("fashion_mnist_debian", "train", small_fashion_mnist)
+    captions.check_pairs(info)
+    assert captions.templated(info) and info.num_examples == 128 and info.num_classes == 10
+    vocabulary_source = captions.training_captions(info)
+    assert len(vocabulary_source) == 10 * len(captions.TEMPLATES)
+    tok = text_lib.TextTokenizer.from_texts(vocabulary_source, 64, 8)
+    from tf_sogclr.data import augment
+
+    augmenter = augment.SimCLRAugment(28, channels=1, color_distort=False)
+    batch = next(iter(captions.pair_dataset(info, 32, tok, augmenter,
+                                            data_dir=small_fashion_mnist, seed=3)))
+    assert batch["image"].shape == (32, 28, 28, 1) and batch["tokens"].shape == (32, 8)
+    index = batch["index"].numpy()
+    assert len(set(index)) == 32 and index.min() >= 0 and index.max() < 128
+    assert (batch["tokens"].numpy() > 1).sum(axis=1).min() >= 4  # no unknown words, no blanks
+    test_info = data.describe("fashion_mnist_debian", "test", small_fashion_mnist)
+    first = next(iter(captions.eval_pairs(test_info, 16, 28, data_dir=small_fashion_mnist)))
+    np.testing.assert_array_equal(first["index"], np.arange(16))
+    names = captions.FASHION_MNIST_tiny.CLASS_NAMES
+    expected = [captions.TEMPLATES[i % 8].format(names[c]).encode()
+                for i, c in enumerate(first["label"].numpy())]
+    assert [c[0] for c in first["captions"].numpy().tolist()] == expected
+
+
+class MockCaptions(tfds.core.GeneratorBasedBuilder):
+    """A caption dataset like coco_captions: images of varying size, 0-3 captions each."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "captions": tfds.features.Sequence({"text": tfds.features.Text()})}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(10)}
+
+    def _generate_examples(self, count):
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            size = int(rng.integers(10, 20))
+            yield i, {"image": rng.integers(0, 256, (size, size + 2, 3), dtype=np.uint8),
+                      "captions": [{"text": f"picture {i} number {j}"} for j in range(i % 4)]}
+
+
+def test_caption_datasets_give_one_index_per_image(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    MockCaptions(data_dir=data_dir).download_and_prepare()
+    info = data.describe("mock_captions", "train", data_dir)
+    captions.check_pairs(info)
+    assert captions.caption_feature(info) == "captions/text" and captions.class_names(info) is None
+    tok = text_lib.TextTokenizer.from_texts(captions.training_captions(info, data_dir), 32, 4)
+    assert {"picture", "number", "3"} <= set(tok.vocabulary)
+    augmenter = augment.SimCLRAugment(8, channels=3, color_distort=False)
+    # deterministic: else parallel maps may emit an element of the second epoch first.
+    batch = next(iter(captions.pair_dataset(info, 10, tok, augmenter, data_dir=data_dir,
+                                            seed=0, deterministic=True)))
+    assert sorted(batch["index"].numpy()) == list(range(10))
+    first = next(iter(captions.eval_pairs(info, 10, 8, data_dir=data_dir)))
+    assert first["image"].shape == (10, 8, 8, 3)
+    np.testing.assert_array_equal(first["index"], np.arange(10))  # index order
+    own = [[c.decode() for c in cs] for cs in first["captions"].to_list()]
+    assert sorted(len(c) for c in own) == sorted(i % 4 for i in range(10))
+    for i, tokens in zip(batch["index"].numpy(), batch["tokens"].numpy()):
+        # Each image is paired with one of its own captions ("picture k number j"), or a
+        # blank caption when it has none.
+        if own[i]:
+            assert tokens[1] == tok.vocabulary.index(own[i][0].split()[1])
+        else:
+            assert not tokens.any()
+
+
+def test_bad_splits_templates_and_caption_less_datasets_are_refused(small_fashion_mnist):
+    with pytest.raises(ValueError, match="split='validation' must be one split"):
+        data.describe("fashion_mnist_debian", "validation", small_fashion_mnist)
+    with pytest.raises(ValueError, match="hold one"):
+        captions.check_pairs(data.describe("fashion_mnist_debian", "train", small_fashion_mnist),
+                             templates=("no placeholder",))
+    info = data.describe("fashion_mnist_debian", "train", small_fashion_mnist)
+    unlabelled = dataclasses.replace(info, num_classes=None, label_names=None)
+    with pytest.raises(ValueError, match="has neither captions .* nor a ClassLabel 'label'"):
+        captions.check_pairs(unlabelled)
+    with pytest.raises(ValueError, match="no class labels"):
+        captions.class_prompts(unlabelled)
+    captioned = dataclasses.replace(unlabelled, text_features=("captions/text",))
+    captions.check_pairs(captioned)  # captions alone are enough
+    assert captions.caption_feature(captioned) == "captions/text"
