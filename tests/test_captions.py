@@ -30,7 +30,7 @@ def test_fashion_mnist_pairs_have_stable_indices_and_template_captions(small_fas
     test_info = data.describe("fashion_mnist_debian", "test", small_fashion_mnist)
     first = next(iter(captions.eval_pairs(test_info, 16, 28, data_dir=small_fashion_mnist)))
     np.testing.assert_array_equal(first["index"], np.arange(16))
-    names = captions.FASHION_MNIST_tiny.CLASS_NAMES
+    names = captions.FASHION_MNIST_CLASS_NAMES
     expected = [captions.TEMPLATES[i % 8].format(names[c]).encode()
                 for i, c in enumerate(first["label"].numpy())]
     assert [c[0] for c in first["captions"].numpy().tolist()] == expected
