@@ -57,6 +57,7 @@ def pause():
             return
         time.sleep(0.1)
 
+import keras
 import tensorflow as tf
 
 if kind == "commit":
