@@ -7,8 +7,9 @@
 The paper's claim (Yuan et al., ICML 2022): SimCLR needs a large batch, SogCLR does not.
 Here both losses pretrain the same encoder at batch sizes 32 ... 512 with everything else
 equal (encoder, epochs, augmentations, optimiser, learning-rate rule, seeds), then each
-frozen encoder is scored on the test split by a linear probe and by k-NN. Two references on
-the same encoder: random weights, and supervised training (same subset, epochs, crop+flip).
+frozen encoder is scored on the test split by a linear probe and by k-NN. Three references:
+raw pixels (no encoder: the floor a representation must clear), and on the same encoder,
+random weights and supervised training (same subset, epochs, crop+flip).
 
 What a run does (one process runs them all, one after the other):
 
@@ -19,12 +20,16 @@ What a run does (one process runs them all, one after the other):
   `data.finetune_dataset` (SimCLR's crop + flip), SGD momentum 0.9 (nesterov), lr 0.1 at
   batch 128 cosine-decayed to 0, decoupled weight decay 5e-4; `head_top1` is its own
   classifier's test top-1, `linear_top1` / `knn_top1` are measured as for every other run;
+* `raw_pixels`: no encoder, the flattened image (`frozen_features.raw_pixels`), scored by
+  the same evaluation; deterministic, so one run;
 * `random`: the encoder as initialised (seeded), no training. As in SimCLR, the last batch
   norm of every residual block starts with gamma = 0, so at initialisation each block is its
   shortcut: this reference is weak (a stem plus strided projections), by construction.
 
-Evaluation, identical for every run: `knn.extract_features` of the un-augmented training
-subset and of the test split (frozen encoder, L2-normalised pooled features), then
+Evaluation, identical for every run and the same code as run.py's evaluation
+(`tf_sogclr.evaluation.frozen_features.evaluate`): `knn.extract_features` of the
+un-augmented training subset and of the test split (frozen encoder, L2-normalised pooled
+features), then
 
 * linear probe: features standardised with the training subset's mean and std, a Keras
   `Dense(10)` trained full-batch with Adam, PROBE_STEPS steps, lr PROBE_LR cosine-decayed to
@@ -109,11 +114,14 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 CONTRASTIVE = ("simclr", "sogclr")
-REFERENCES = ("random", "supervised")
+REFERENCES = ("raw_pixels", "random", "supervised")
+UNTRAINED = ("raw_pixels", "random")  # references without training (batch size 0)
 METHODS = CONTRASTIVE + REFERENCES
 JSONL, TABLE, PLOT = "runs.jsonl", "results.md", "small_batch.png"
 
-# Linear probe recipe (see the module docstring).
+# Linear probe and k-NN recipe: tf_sogclr.evaluation.frozen_features (module docstring).
+# The same values as linear_probe's defaults (a test checks); here for config_id without
+# importing TensorFlow.
 PROBE_STEPS, PROBE_LR, PROBE_L2 = 500, 0.05, 1e-4
 KNN_K, KNN_TEMPERATURE = 200, 0.1
 # Supervised reference recipe.
@@ -170,9 +178,10 @@ class Study:
 
     def relevant(self, method):
         """The settings that can change `method`'s result (hashed into config_id)."""
-        keys = ["dataset", "train_subset", "test_subset", "image_size", "resnet_depth",
-                "width_multiplier"]
-        if method != "random":
+        keys = ["dataset", "train_subset", "test_subset", "image_size"]
+        if method != "raw_pixels":
+            keys += ["resnet_depth", "width_multiplier"]
+        if method not in UNTRAINED:
             keys += ["epochs", "crop_area_min"]
         if method in CONTRASTIVE:
             keys += ["proj_out_dim", "temperature", "optimizer", "learning_rate",
@@ -208,7 +217,8 @@ def run_list(batch_sizes, seeds, multi_seed_batches, methods, supervised_batch=S
     """Runs in the order they execute: cheap references, then every batch size at the first
     seed (both methods side by side), then the extra seeds, so a partial study is usable."""
     first, extra = seeds[0], seeds[1:]
-    runs = [Run("random", 0, s) for s in seeds] if "random" in methods else []
+    runs = [Run("raw_pixels", 0, first)] if "raw_pixels" in methods else []  # deterministic
+    runs += [Run("random", 0, s) for s in seeds] if "random" in methods else []
     contrastive = [m for m in CONTRASTIVE if m in methods]
     runs += [Run(m, b, first) for b in batch_sizes for m in contrastive]
     if "supervised" in methods:
@@ -228,7 +238,7 @@ def estimate_s(run, study, rates, epochs=None):
     epochs = study.epochs if epochs is None else epochs
     images = study.train_subset + (study.test_subset or 10_000)
     evaluation = rates["eval_s_per_10k"] * images / 1e4
-    if run.method == "random":
+    if run.method in UNTRAINED:
         return RANDOM_OVERHEAD_S + evaluation
     examples = epochs * (study.train_subset // run.batch_size) * run.batch_size
     by_batch = rates["examples_per_s"]
@@ -320,50 +330,17 @@ def eval_batches(study, split, channels):
                              data_dir=study.data_dir, cache=False, channels=channels)
 
 
-def linear_probe(train_x, train_y, test_x, test_y, num_classes):
-    """Test (and train) top-1 of a linear classifier on frozen features (module docstring)."""
-    import keras
-    import tensorflow as tf
-
-    mean = tf.reduce_mean(train_x, axis=0)
-    std = tf.math.reduce_std(train_x, axis=0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    layer = keras.layers.Dense(num_classes, kernel_initializer="zeros", name="probe")
-    layer.build((None, int(train_x.shape[1])))
-    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-        PROBE_LR, PROBE_STEPS))
-    optimizer.build(layer.trainable_variables)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            logits = layer(train_x)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                train_y, logits)) + PROBE_L2 * tf.reduce_sum(tf.square(layer.kernel))
-        optimizer.apply(tape.gradient(loss, layer.trainable_variables),
-                        layer.trainable_variables)
-        return loss
-
-    for _ in range(PROBE_STEPS):
-        step()
-
-    def top1(x, y):
-        return float(tf.reduce_mean(tf.cast(tf.argmax(layer(x), axis=1) == y, tf.float32)))
-
-    return top1(test_x, test_y), top1(train_x, train_y)
-
-
 def evaluate_encoder(study, encoder, info):
-    """linear_top1, linear_train_top1, knn_top1 of the frozen `encoder` (module docstring)."""
-    from tf_sogclr.evaluation import knn
-    train_x, train_y = knn.extract_features(
-        encoder, eval_batches(study, study.train_split, info.channels))
-    test_x, test_y = knn.extract_features(
-        encoder, eval_batches(study, study.test_split, info.channels))
-    linear, linear_train = linear_probe(train_x, train_y, test_x, test_y, info.num_classes)
-    knn_top1 = knn.knn_top1(train_x, train_y, test_x, test_y, num_classes=info.num_classes,
-                            k=KNN_K, temperature=KNN_TEMPERATURE)
-    return {"linear_top1": linear, "linear_train_top1": linear_train, "knn_top1": knn_top1}
+    """linear_top1, linear_train_top1, knn_top1 of the frozen `encoder`: the library's
+    evaluator of frozen features, as run.py's evaluation uses it."""
+    from tf_sogclr.evaluation import frozen_features
+    scores = frozen_features.evaluate(
+        encoder, eval_batches(study, study.train_split, info.channels),
+        eval_batches(study, study.test_split, info.channels), info.num_classes,
+        knn_k=KNN_K, knn_temperature=KNN_TEMPERATURE)
+    return {"linear_top1": scores["linear_probe_top1"],
+            "linear_train_top1": scores["linear_probe_train_top1"],
+            "knn_top1": scores["knn_top1"]}
 
 
 def train_supervised(study, run, info):
@@ -409,7 +386,10 @@ def execute(study, run, results_dir):
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     extra, steps, logs = {}, 0, {}
-    if run.method == "random":
+    if run.method == "raw_pixels":
+        from tf_sogclr.evaluation import frozen_features
+        encoder = frozen_features.raw_pixels
+    elif run.method == "random":
         encoder = build_encoder(study, info.channels)
     elif run.method == "supervised":
         encoder, steps, extra = train_supervised(study, run, info)
@@ -427,7 +407,7 @@ def execute(study, run, results_dir):
     examples = steps * run.batch_size
     return {
         "method": run.method, "batch_size": run.batch_size, "seed": run.seed,
-        "epochs": 0 if run.method == "random" else study.epochs,
+        "epochs": 0 if run.method in UNTRAINED else study.epochs,
         "linear_top1": scores["linear_top1"], "knn_top1": scores["knn_top1"],
         "wall_s": round(wall_s, 2),
         "examples_per_s": round(examples / train_s, 1) if examples else None,
@@ -519,7 +499,7 @@ def write_table(path, records, study, command):
         knn_ = summarise([r["knn_top1"] for r in rs])
         eps = summarise([r["examples_per_s"] for r in rs])[0]
         wall = summarise([r["wall_s"] for r in rs])[0]
-        batch_text = "—" if method == "random" else str(batch)
+        batch_text = "—" if method in UNTRAINED else str(batch)
         if method in REFERENCES:
             method = f"{method} (reference)"
         lines.append(f"| {method} | {batch_text} | {lin[2]} | {_fmt(*lin[:2])} | "
@@ -558,7 +538,8 @@ def write_plot(path, records, study):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     styles = {"simclr": ("tab:blue", "o", "SimCLR (NT-Xent)"),
               "sogclr": ("tab:red", "s", "SogCLR")}
-    refs = {"random": ("0.5", "--", "random weights"),
+    refs = {"raw_pixels": ("tab:green", "-.", "raw pixels (no encoder)"),
+            "random": ("0.5", "--", "random weights"),
             "supervised": ("k", ":", "supervised")}
     for ax, key, title in zip(axes, ("linear_top1", "knn_top1"),
                               ("linear probe top-1", "k-NN top-1 (k=200)")):
@@ -605,7 +586,7 @@ def probe(study, batch_sizes, steps=32):
     import tensorflow as tf
     from tf_sogclr import data
     from tf_sogclr.data import augment
-    from tf_sogclr.evaluation import knn
+    from tf_sogclr.evaluation import knn, linear_probe
     from tf_sogclr.training import loop as training_loop
     from tf_sogclr.training import modalities
 
@@ -646,7 +627,7 @@ def probe(study, batch_sizes, steps=32):
     x = tf.random.normal((10_000, int(features.shape[1])))
     y = tf.random.uniform((10_000,), 0, info.num_classes, tf.int64)
     start = time.perf_counter()
-    linear_probe(x, y, x, y, info.num_classes)
+    linear_probe.linear_probe(x, y, x, y, info.num_classes)
     knn.knn_top1(x, y, x, y, num_classes=info.num_classes, k=KNN_K)
     rates["eval_s_per_10k"] = 1e4 * extract_s + (time.perf_counter() - start) / 2
     return rates

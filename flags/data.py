@@ -2,6 +2,7 @@
 
 from absl import flags
 
+from tf_sogclr import config
 from tf_sogclr.config import DataConfig
 
 flags.DEFINE_string("dataset", DataConfig.dataset,
@@ -12,6 +13,11 @@ flags.DEFINE_string("data_dir", DataConfig.data_dir,
 flags.DEFINE_string("train_split", DataConfig.train_split,
                     "Split to train on (TFDS slicing allowed).")
 flags.DEFINE_string("eval_split", DataConfig.eval_split, "Split to evaluate on.")
+flags.DEFINE_string("probe_split", DataConfig.probe_split,
+                    "Frozen-feature evaluation: the linear probe's training set and the k-NN "
+                    "memory bank (un-augmented), for the encoder and the raw-pixel reference. "
+                    f"Default: the first {config.PROBE_EXAMPLES} examples of --train_split's "
+                    "split (all of them if fewer).")
 flags.DEFINE_integer("image_size", DataConfig.image_size,
                      "Input images are cropped / resized to this size.")
 flags.DEFINE_bool("cache_dataset", DataConfig.cache_dataset,

@@ -17,8 +17,9 @@ flags.DEFINE_enum("train_mode", config.TRAIN_MODES[0], config.TRAIN_MODES,
 flags.DEFINE_bool("lineareval_while_pretraining", RunConfig.lineareval_while_pretraining,
                   "Train a linear head on stop_gradient(features) during pretraining.")
 flags.DEFINE_bool("eval_knn", True,
-                  "In evaluation, also report the k-NN top-1 (k=200, cosine, temperature-"
-                  "weighted votes) of encoder features against --train_split.")
+                  "In evaluation, also score the frozen encoder features by k-NN (k=200, "
+                  "cosine, temperature-weighted votes) and a linear probe against "
+                  "--probe_split, beside raw pixels scored the same way.")
 flags.DEFINE_integer("knn_k", 200, "Neighbours of the k-NN evaluation.", lower_bound=1)
 flags.DEFINE_float("knn_temperature", 0.1, "Temperature of the k-NN vote weights exp(sim/T).",
                    lower_bound=1e-6)

@@ -34,9 +34,13 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
     assert summary["export"] == os.path.join(model_dir, "saved_model", "3")
     assert os.path.isfile(os.path.join(summary["export"], "saved_model.pb"))
     scores = summary["eval"]
-    for name in ("linear_top1", "linear_top5", "knn_top1"):
+    for name in ("linear_top1", "linear_top5", "knn_top1", "linear_probe_top1",
+                 "raw_pixels_knn_top1", "raw_pixels_linear_probe_top1"):
         assert 0.0 <= scores[name] <= 1.0, name
     assert scores["linear_top5"] >= scores["linear_top1"]
+    # 128 training images: the raw-pixel probe fits its training set, as a linear model of
+    # 784 inputs can; it is the same protocol as the encoder's.
+    assert scores["raw_pixels_linear_probe_train_top1"] == 1.0
     assert os.listdir(os.path.join(model_dir, "train")) and os.listdir(os.path.join(model_dir, "eval"))
 
     again = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}", "--mode=eval",

@@ -44,13 +44,13 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
 
     records = read_jsonl(results / "runs.jsonl")
     assert sorted((r["method"], r["batch_size"], r["seed"]) for r in records) == [
-        ("random", 0, 0), ("simclr", 32, 0), ("simclr", 64, 0), ("sogclr", 32, 0),
-        ("sogclr", 64, 0), ("supervised", 128, 0)]
+        ("random", 0, 0), ("raw_pixels", 0, 0), ("simclr", 32, 0), ("simclr", 64, 0),
+        ("sogclr", 32, 0), ("sogclr", 64, 0), ("supervised", 128, 0)]
     for r in records:
         for key in ("linear_top1", "knn_top1", "linear_train_top1"):
             assert 0.0 <= r[key] <= 1.0, (r["method"], key)
         assert r["wall_s"] > 0 and r["eval_s"] > 0
-        if r["method"] == "random":
+        if r["method"] in ("random", "raw_pixels"):
             assert r["epochs"] == 0 and r["steps"] == 0 and r["examples_per_s"] is None
         else:
             assert r["epochs"] == 1 and r["examples_per_s"] > 0
@@ -66,6 +66,7 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
 
     table = (results / "results.md").read_text()
     for row in ("| simclr | 32 | 1 |", "| sogclr | 64 | 1 |", "| random (reference) | — | 1 |",
+                "| raw_pixels (reference) | — | 1 |",
                 "| supervised (reference) | 128 | 1 |", "Δ linear"):
         assert row in table, row
     assert (results / "small_batch.png").read_bytes()[:8] == PNG_MAGIC
@@ -76,18 +77,19 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
         f.writelines(json.dumps(r) + "\n" for r in kept)
     again = study(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "6 runs, 5 already in" in again.stdout and "1 to go" in again.stdout
+    assert "7 runs, 6 already in" in again.stdout and "1 to go" in again.stdout
     assert "random_b0_s0" in again.stdout and "sogclr_b32_s0" not in again.stdout
     after = read_jsonl(results / "runs.jsonl")
-    assert after[:5] == kept and after[5]["method"] == "random" and len(after) == 6
+    assert after[:6] == kept and after[6]["method"] == "random" and len(after) == 7
 
 
 def test_plan_fits_the_budget_and_writes_nothing(tmp_path):
     results = tmp_path / "results"
     done = study(f"--results_dir={results}", "--plan", timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Runs (24, 0 already done)" in done.stdout
-    for name in ("simclr_b32_s0", "sogclr_b512_s2", "supervised_b128_s2", "random_b0_s2"):
+    assert "Runs (25, 0 already done)" in done.stdout
+    for name in ("simclr_b32_s0", "sogclr_b512_s2", "supervised_b128_s2", "random_b0_s2",
+                 "raw_pixels_b0_s0"):
         assert name in done.stdout
     whole = float(done.stdout.split("whole study ")[1].split(" min")[0])
     assert whole <= 0.8 * 60
@@ -97,13 +99,13 @@ def test_plan_fits_the_budget_and_writes_nothing(tmp_path):
 def test_run_list_order_and_seeds(module):
     runs = module.run_list([32, 64, 512], [0, 1, 2], [64, 512], module.METHODS)
     names = [r.name for r in runs]
-    assert names[:3] == ["random_b0_s0", "random_b0_s1", "random_b0_s2"]
-    assert names[3:9] == ["simclr_b32_s0", "sogclr_b32_s0", "simclr_b64_s0", "sogclr_b64_s0",
-                          "simclr_b512_s0", "sogclr_b512_s0"]
-    assert names[9] == "supervised_b128_s0"
+    assert names[:4] == ["raw_pixels_b0_s0", "random_b0_s0", "random_b0_s1", "random_b0_s2"]
+    assert names[4:10] == ["simclr_b32_s0", "sogclr_b32_s0", "simclr_b64_s0", "sogclr_b64_s0",
+                           "simclr_b512_s0", "sogclr_b512_s0"]
+    assert names[10] == "supervised_b128_s0"
     assert sum(r.method == "simclr" and r.batch_size == 512 for r in runs) == 3
     assert sum(r.batch_size == 32 for r in runs) == 2
-    assert len(set(names)) == len(names) == 3 + 6 + 1 + 8 + 2
+    assert len(set(names)) == len(names) == 1 + 3 + 6 + 1 + 8 + 2
     only = module.run_list([64], [0], [], ["sogclr"])
     assert [r.name for r in only] == ["sogclr_b64_s0"]
 
@@ -135,3 +137,11 @@ def test_table_and_plot_summarise_seeds_of_the_current_configuration(module, tmp
     assert open(plot_path, "rb").read(8) == PNG_MAGIC
     done = module.done_runs(records, study_cfg)
     assert module.Run("sogclr", 64, 2) in done and module.Run("sogclr", 64, 9) not in done
+
+
+def test_probe_recipe_is_the_librarys(module):
+    from tf_sogclr.evaluation import frozen_features, linear_probe
+    assert (module.PROBE_STEPS, module.PROBE_LR, module.PROBE_L2) == (
+        linear_probe.PROBE_STEPS, linear_probe.PROBE_LEARNING_RATE, linear_probe.PROBE_L2)
+    assert (module.KNN_K, module.KNN_TEMPERATURE) == (
+        frozen_features.KNN_K, frozen_features.KNN_TEMPERATURE)

@@ -32,6 +32,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 MODALITIES = ("unimodal", "bimodal")
 BIMODAL_TEMPERATURE = 0.03  # --temperature's default with --modality=bimodal (CLIP's start)
 TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
+PROBE_EXAMPLES = 10_000  # the default probe set of the frozen-feature evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class DataConfig:
     data_dir: str | None = None
     train_split: str = "train"
     eval_split: str = "test"
+    probe_split: str | None = None  # frozen-feature evaluation's probe set and k-NN bank;
+    # None: the first PROBE_EXAMPLES of the training split's base split (all if fewer)
     image_size: int = 28
     cache_dataset: bool = True
     color_jitter_strength: float = 0.5
@@ -56,6 +59,9 @@ class DataConfig:
         checks.in_range("--color_jitter_strength", self.color_jitter_strength, 0.0, 1.0)
         checks.in_range("--crop_area_min", self.crop_area_min, 0.0, 1.0, low_open=True)
         checks.positive_int("--shuffle_buffer", self.shuffle_buffer)
+        if self.probe_split is not None and not self.probe_split.strip():
+            checks.fail("--probe_split", "a split (TFDS slicing allowed) or unset",
+                        self.probe_split)
         return self
 
 

@@ -76,7 +76,8 @@ def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1
     """Scores a pretraining checkpoint on `cfg.data.eval_split`; returns a dict.
 
     Unimodal: `linear_top1` / `linear_top5` (the linear head, when pretraining trained one)
-    and, with `eval_knn`, `knn_top1` of encoder features against `cfg.data.train_split`.
+    and, with `eval_knn`, the frozen encoder's `knn_top1` and `linear_probe_top1` against
+    `--probe_split` (`Unimodal.probe_split`), beside raw pixels' (`raw_pixels_knn_top1`, ...).
     Bimodal: `zero_shot_top1` (labelled datasets), `image_to_text_recall@1/5` and
     `num_images`. `checkpoint` defaults to the newest in `cfg.run.model_dir`; "step" is its
     step. Writes the scores as TensorBoard scalars to `model_dir/eval`.

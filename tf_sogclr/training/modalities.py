@@ -23,7 +23,7 @@ import tensorflow as tf
 from tf_sogclr import checks, config, losses
 from tf_sogclr import data as data_lib
 from tf_sogclr.data import augment, captions
-from tf_sogclr.evaluation import knn, zero_shot
+from tf_sogclr.evaluation import frozen_features, zero_shot
 from tf_sogclr.export import dual_encoder as dual_encoder_export
 from tf_sogclr.export import encoder as encoder_export
 from tf_sogclr.models import dual_encoder, heads, resnet, sogclr_model, text
@@ -157,18 +157,27 @@ class Unimodal(Modality):
 
         return fn
 
+    def probe_split(self, cfg):
+        """The frozen-feature evaluation's probe set: --probe_split, or the first
+        `config.PROBE_EXAMPLES` examples of the training split's base split."""
+        if cfg.data.probe_split:
+            return cfg.data.probe_split
+        info = self.describe(cfg, cfg.data.train_split)
+        return f"{info.base_split}[:{min(config.PROBE_EXAMPLES, info.num_examples)}]"
+
     def check_eval_data(self, cfg, eval_knn):
-        splits = (cfg.data.train_split, cfg.data.eval_split) if eval_knn else (
-            cfg.data.eval_split,)
+        splits = (cfg.data.eval_split,) + ((self.probe_split(cfg),) if eval_knn else ())
         for split in splits:
             info = self.describe(cfg, split)
             data_lib.check_not_empty(info)
-            data_lib.check_labels(info, "Evaluation (linear head, k-NN)")
+            data_lib.check_labels(info, "Evaluation (linear head, k-NN, linear probe)")
 
     def evaluate(self, cfg, model, eval_steps=0, eval_knn=True, knn_k=200,
                  knn_temperature=0.1):
-        """The linear head's top-1 / top-5 (when pretraining trained one) on the eval split
-        and, with `eval_knn`, the k-NN top-1 of encoder features against the train split."""
+        """Scores on the eval split: the linear head's top-1 / top-5 (when pretraining trained
+        one) and, with `eval_knn`, the frozen encoder's k-NN and linear-probe top-1 against
+        `probe_split(cfg)`, beside the same two scores of raw pixels
+        (`frozen_features.evaluate`; "raw_pixels_" keys)."""
         eval_info = self.describe(cfg, cfg.data.eval_split)
 
         def eval_batches(split):
@@ -185,13 +194,13 @@ class Unimodal(Modality):
             results.update(linear_top1=scores["linear_top1"],
                            linear_top5=scores["linear_top5"], linear_loss=scores["linear_loss"])
         if eval_knn:
-            train_features, train_labels = knn.extract_features(
-                model.encoder, eval_batches(cfg.data.train_split))
-            test_features, test_labels = knn.extract_features(
-                model.encoder, eval_batches(cfg.data.eval_split))
-            results["knn_top1"] = knn.knn_top1(
-                train_features, train_labels, test_features, test_labels,
-                num_classes=eval_info.num_classes, k=knn_k, temperature=knn_temperature)
+            for prefix, encoder in (("", model.encoder),
+                                    ("raw_pixels_", frozen_features.raw_pixels)):
+                scores = frozen_features.evaluate(
+                    encoder, eval_batches(self.probe_split(cfg)),
+                    eval_batches(cfg.data.eval_split), eval_info.num_classes, knn_k=knn_k,
+                    knn_temperature=knn_temperature)
+                results.update({prefix + name: value for name, value in scores.items()})
         return {k: float(v) for k, v in results.items()}
 
     def export_for_step(self, model, base_dir, step, image_shape, keep_max):
