@@ -71,8 +71,10 @@ def test_raw_pixels_are_scored_with_the_encoders_protocol():
     assert set(scores) == {"knn_top1", "linear_probe_top1", "linear_probe_train_top1"}
     assert scores["linear_probe_top1"] == 1.0 and scores["knn_top1"] == 1.0
     # The same numbers as the parts it is made of.
-    train_x, train_y = knn.extract_features(frozen_features.raw_pixels, probe)
-    test_x, test_y = knn.extract_features(frozen_features.raw_pixels, test)
+    train_x, train_y = knn.extract_features(frozen_features.raw_pixels, probe, normalize=False)
+    test_x, test_y = knn.extract_features(frozen_features.raw_pixels, test, normalize=False)
+    train_x, test_x = frozen_features.standardise(train_x, test_x)
+    assert np.allclose(np.mean(train_x, 0), 0, atol=1e-5)
     assert scores["knn_top1"] == knn.knn_top1(train_x, train_y, test_x, test_y, 3, k=5)
     assert scores["linear_probe_top1"] == linear_probe.linear_probe(
         train_x, train_y, test_x, test_y, 3)["top1"]

@@ -1,12 +1,14 @@
 """One evaluator of frozen image features: k-NN and a linear probe, and raw pixels as the floor.
 
-`evaluate(encoder, probe_batches, test_batches, num_classes)` extracts L2-normalised features
-of an un-augmented probe set (the k-NN memory bank and the probe's training set) and of the
-test set (`knn.extract_features`), then scores them by k-NN (`knn.knn_top1`) and by a linear
-probe (`linear_probe.linear_probe`). `raw_pixels` is the encoder that is no encoder: the
-flattened image. Scored by the same `evaluate`, it is the reference a learnt representation
-must beat (on Fashion-MNIST at 28x28 with `train[:10000]` as the probe set: k-NN 79.1%,
-linear probe 81.6%, docs/algorithm.md "Evaluation").
+`evaluate(encoder, probe_batches, test_batches, num_classes)` extracts the features of an
+un-augmented probe set (the k-NN memory bank and the probe's training set) and of the test
+set (`knn.extract_features`), standardises both with the probe set's per-dimension mean and
+std, then scores them by k-NN (`knn.knn_top1`: cosine similarity of the standardised
+features) and by a linear probe (`linear_probe.linear_probe`). Standardising first puts
+every representation on one footing: raw pixels, whose dimensions differ in scale, and
+encoder features alike. `raw_pixels` is the encoder that is no encoder: the flattened image.
+Scored by the same `evaluate`, it is the floor a learnt representation must beat
+(docs/algorithm.md, "Evaluation").
 """
 
 import tensorflow as tf
@@ -21,13 +23,22 @@ def raw_pixels(images):
     return tf.reshape(images, [tf.shape(images)[0], -1])
 
 
+def standardise(train_features, test_features):
+    """Both `[N, f]` / `[M, f]` float32 sets shifted and scaled by `train_features`' mean and
+    std per dimension (+1e-6: constant dimensions stay finite)."""
+    mean = tf.reduce_mean(train_features, axis=0)
+    std = tf.math.reduce_std(train_features, axis=0) + 1e-6
+    return (train_features - mean) / std, (test_features - mean) / std
+
+
 def evaluate(encoder, probe_batches, test_batches, num_classes, knn_k=KNN_K,
              knn_temperature=KNN_TEMPERATURE):
     """{"knn_top1", "linear_probe_top1", "linear_probe_train_top1"} of `encoder`'s frozen
     features (a Keras model or a callable images -> features, as `knn.extract_features`
     takes); both datasets are finite dict batches {"image", "label"}."""
-    train_x, train_y = knn.extract_features(encoder, probe_batches)
-    test_x, test_y = knn.extract_features(encoder, test_batches)
+    train_x, train_y = knn.extract_features(encoder, probe_batches, normalize=False)
+    test_x, test_y = knn.extract_features(encoder, test_batches, normalize=False)
+    train_x, test_x = standardise(train_x, test_x)
     probe = linear_probe.linear_probe(train_x, train_y, test_x, test_y, num_classes)
     return {"knn_top1": knn.knn_top1(train_x, train_y, test_x, test_y, num_classes=num_classes,
                                      k=knn_k, temperature=knn_temperature),

@@ -13,10 +13,11 @@ import numpy as np
 import tensorflow as tf
 
 
-def extract_features(encoder, dataset, image_key="image", label_key="label"):
+def extract_features(encoder, dataset, image_key="image", label_key="label", normalize=True):
     """Runs `encoder` (inference mode) over a finite dataset of dict batches.
 
-    Returns (features float32 `[N, f]`, L2-normalised; labels int64 `[N]`). `encoder` is a
+    Returns (features float32 `[N, f]`, L2-normalised unless `normalize=False`; labels int64
+    `[N]`). `encoder` is a
     Keras model (a `SogCLRModel`'s dict output gives its "features") or any callable
     images `[b, H, W, C]` -> `[b, f]`, e.g. `export.load_encoder(path).features`.
     """
@@ -42,7 +43,8 @@ def extract_features(encoder, dataset, image_key="image", label_key="label"):
         features = embed(images)
         if isinstance(features, dict):
             features = features["features"]
-        return tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+        features = tf.cast(features, tf.float32)
+        return tf.math.l2_normalize(features, axis=-1) if normalize else features
 
     features, labels = [], []
     for batch in dataset:

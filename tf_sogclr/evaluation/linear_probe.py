@@ -42,6 +42,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
                          f"f, got {train_x.shape} and {test_x.shape}.")
     train_y = tf.cast(train_labels, tf.int64)
     test_y = tf.cast(test_labels, tf.int64)
+    # Standardised here too (a no-op on features `frozen_features.standardise` gave).
     mean = tf.reduce_mean(train_x, axis=0)
     std = tf.math.reduce_std(train_x, axis=0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
