@@ -73,7 +73,7 @@ def test_raw_pixels_are_scored_with_the_encoders_protocol():
     # The same numbers as the parts it is made of.
     train_x, train_y = knn.extract_features(frozen_features.raw_pixels, probe, normalize=False)
     test_x, test_y = knn.extract_features(frozen_features.raw_pixels, test, normalize=False)
-    train_x, test_x = frozen_features.standardise(train_x, test_x)
+    train_x, test_x = linear_probe.standardise(train_x, test_x)
     assert np.allclose(np.mean(train_x, 0), 0, atol=1e-5)
     assert scores["knn_top1"] == knn.knn_top1(train_x, train_y, test_x, test_y, 3, k=5)
     assert scores["linear_probe_top1"] == linear_probe.linear_probe(

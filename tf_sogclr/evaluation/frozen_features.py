@@ -23,14 +23,6 @@ def raw_pixels(images):
     return tf.reshape(images, [tf.shape(images)[0], -1])
 
 
-def standardise(train_features, test_features):
-    """Both `[N, f]` / `[M, f]` float32 sets shifted and scaled by `train_features`' mean and
-    std per dimension (+1e-6: constant dimensions stay finite)."""
-    mean = tf.reduce_mean(train_features, axis=0)
-    std = tf.math.reduce_std(train_features, axis=0) + 1e-6
-    return (train_features - mean) / std, (test_features - mean) / std
-
-
 def evaluate(encoder, probe_batches, test_batches, num_classes, knn_k=KNN_K,
              knn_temperature=KNN_TEMPERATURE):
     """{"knn_top1", "linear_probe_top1", "linear_probe_train_top1"} of `encoder`'s frozen
@@ -38,7 +30,7 @@ def evaluate(encoder, probe_batches, test_batches, num_classes, knn_k=KNN_K,
     takes); both datasets are finite dict batches {"image", "label"}."""
     train_x, train_y = knn.extract_features(encoder, probe_batches, normalize=False)
     test_x, test_y = knn.extract_features(encoder, test_batches, normalize=False)
-    train_x, test_x = standardise(train_x, test_x)
+    train_x, test_x = linear_probe.standardise(train_x, test_x)  # k-NN on standardised too
     probe = linear_probe.linear_probe(train_x, train_y, test_x, test_y, num_classes)
     return {"knn_top1": knn.knn_top1(train_x, train_y, test_x, test_y, num_classes=num_classes,
                                      k=knn_k, temperature=knn_temperature),

@@ -22,6 +22,14 @@ PROBE_LEARNING_RATE = 0.05
 PROBE_L2 = 1e-4
 
 
+def standardise(train_features, test_features):
+    """Both `[N, f]` / `[M, f]` float32 sets shifted and scaled by `train_features`' mean and
+    std per dimension (+1e-6: constant dimensions stay finite)."""
+    mean = tf.reduce_mean(train_features, axis=0)
+    std = tf.math.reduce_std(train_features, axis=0) + 1e-6
+    return (train_features - mean) / std, (test_features - mean) / std
+
+
 def linear_probe(train_features, train_labels, test_features, test_labels, num_classes,
                  steps=PROBE_STEPS, learning_rate=PROBE_LEARNING_RATE, l2=PROBE_L2):
     """Top-1 of a linear classifier trained on frozen features.
@@ -42,10 +50,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
                          f"f, got {train_x.shape} and {test_x.shape}.")
     train_y = tf.cast(train_labels, tf.int64)
     test_y = tf.cast(test_labels, tf.int64)
-    # Standardised here too (a no-op on features `frozen_features.standardise` gave).
-    mean = tf.reduce_mean(train_x, axis=0)
-    std = tf.math.reduce_std(train_x, axis=0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    train_x, test_x = standardise(train_x, test_x)
 
     layer = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype="float32",
                                name="linear_probe")
