@@ -164,13 +164,36 @@ def check_run(cfg, train_info, strategy):
 
 
 def finetune_config():
-    """The FinetuneConfig the flags describe (SimCLR: the same flags, fine-tuning values)."""
+    """The FinetuneConfig the flags describe (SimCLR: the same flags, fine-tuning values).
+
+    An optimiser flag the user did not set takes the fine-tuning recipe's default
+    (`config.FinetuneConfig`: momentum, lr 0.1, no decay, no warm-up), not the pretraining one.
+    """
     from tf_sogclr import config
 
+    unset = {name: getattr(config.FinetuneConfig, name) for name in finetune_recipe_flags()
+             if not FLAGS[name].present}
     try:
-        return config_from_flags(config.FinetuneConfig).validate()
+        return config_from_flags(config.FinetuneConfig, **unset).validate()
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def finetune_recipe_flags():
+    """The optimiser flags of fine-tuning: `config.OptimizerConfig`'s fields."""
+    import dataclasses
+
+    from tf_sogclr import config
+
+    return [f.name for f in dataclasses.fields(config.OptimizerConfig)]
+
+
+def finetune_recipe(finetune_cfg):
+    """{flag: value} of the fine-tuning optimiser, and the names of those left at the recipe's
+    default because the user did not set them."""
+    names = finetune_recipe_flags()
+    return ({name: getattr(finetune_cfg, name) for name in names},
+            [name for name in names if not FLAGS[name].present])
 
 
 def run_finetune(cfg, train_info, strategy):
@@ -178,9 +201,14 @@ def run_finetune(cfg, train_info, strategy):
     from tf_sogclr import distribute
     from tf_sogclr.training import finetune, finetune_model
 
-    result = finetune.finetune(cfg, finetune_config(), strategy=strategy)
+    finetune_cfg = finetune_config()
+    recipe, defaulted = finetune_recipe(finetune_cfg)
+    print("Fine-tuning recipe: " + ", ".join(f"--{k}={v}" for k, v in recipe.items())
+          + (f" (fine-tuning defaults for the unset {', '.join('--' + n for n in defaulted)})"
+             if defaulted else ""), flush=True)
+    result = finetune.finetune(cfg, finetune_cfg, strategy=strategy)
     summary = {"finetune_dir": result.finetune_dir, "tensorboard": result.log_dir,
-               "epochs": result.epochs,
+               "epochs": result.epochs, "finetune_recipe": recipe,
                "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5)}}
     if distribute.is_chief(strategy):
         step = int(result.model.optimizer.iterations.numpy())

@@ -55,10 +55,19 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
     assert os.path.isfile(tmp_path / "exports" / "3" / "saved_model.pb")
 
     tuned = run(f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}",
-                "--train_mode=finetune", "--train_epochs=1", "--optimizer=momentum",
-                "--learning_rate=0.1", "--weight_decay=0", "--warmup_epochs=0", *TINY)
+                "--train_mode=finetune", "--train_epochs=1", "--learning_rate=0.05", *TINY)
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     tuned_summary = summary_of(tuned.stdout)
+    # The optimiser flags left unset take the fine-tuning recipe's defaults (SimCLR's), not
+    # pretraining's LARS; the one set wins; the start-up line says which is which.
+    assert tuned_summary["finetune_recipe"] == {
+        "optimizer": "momentum", "learning_rate": 0.05, "learning_rate_scaling": "linear",
+        "momentum": 0.9, "weight_decay": 0.0, "warmup_epochs": 0.0}
+    assert ("Fine-tuning recipe: --optimizer=momentum, --learning_rate=0.05, "
+            "--learning_rate_scaling=linear, --momentum=0.9, --weight_decay=0.0, "
+            "--warmup_epochs=0.0 (fine-tuning defaults for the unset --optimizer, "
+            "--learning_rate_scaling, --momentum, --weight_decay, --warmup_epochs)"
+            in tuned.stdout)
     assert tuned_summary["finetune_dir"] == os.path.join(model_dir, "finetune")
     assert 0.0 <= tuned_summary["eval"]["top1"] <= tuned_summary["eval"]["top5"] <= 1.0
     from tf_sogclr import export
