@@ -41,6 +41,7 @@ LEVERS = {
     "image16_epochs6": ["--image_size=16", "--train_epochs=6"],
     "no_color_jitter": ["--color_jitter_strength=0"],
     "lr0.6": ["--learning_rate=0.6"],
+    "batch64": ["--train_batch_size=64"],  # 4x the steps; the learning rate scales linearly
     "proj64": ["--proj_out_dim=64"],
 }
 

@@ -20,3 +20,8 @@ flags.DEFINE_integer("gamma_decay_epochs", LossConfig.gamma_decay_epochs,
                      "Epochs of the cosine gamma schedule (only with --gamma_schedule=cosine).")
 flags.DEFINE_bool("hidden_norm", LossConfig.hidden_norm,
                   "L2-normalise projections before the loss.")
+flags.DEFINE_enum("gradient_scale", LossConfig.gradient_scale, config.GRADIENT_SCALES,
+                  "Scale of SogCLR's surrogate loss (--loss=sogclr). infonce: divided by tau, so "
+                  "its gradient is that of the InfoNCE control (--loss=simclr) at the same tau "
+                  "and switching --loss keeps the step; libauc: the authors' value (LibAUC), "
+                  "whose gradient is tau times smaller.")

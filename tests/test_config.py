@@ -14,6 +14,7 @@ FLAGS = absl_flags.FLAGS
 FLAGGED_CONFIGS = (config.DataConfig, config.ModelConfig, config.LossConfig,
                    config.OptimizerConfig, config.RunConfig, config.TextConfig)
 CHOICES = {"loss": config.LOSSES, "gamma_schedule": config.GAMMA_SCHEDULES,
+           "gradient_scale": config.GRADIENT_SCALES,
            "proj_head_mode": config.PROJECTION_HEAD_MODES, "optimizer": config.OPTIMIZERS,
            "learning_rate_scaling": config.LEARNING_RATE_SCALINGS,
            "text_encoder": config.TEXT_ENCODERS, "train_mode": config.TRAIN_MODES,

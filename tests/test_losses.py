@@ -31,11 +31,20 @@ def _loss_and_grads(loss_fn, z1, z2, index, wrap=None):
 STEPS = [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8], [9, 10, 9, 1, 11, 12]]
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
-def test_sogclr_matches_reference_over_steps(mode):
+def _scale(gradient_scale, tau):
+    """What the loss and its gradients are, relative to the reference's (the authors')."""
+    return {"libauc": 1.0, "infonce": 1.0 / tau}[gradient_scale]
+
+
+@pytest.mark.parametrize("mode, gradient_scale", [
+    ("eager", "libauc"), ("function", "libauc"), ("jit", "libauc"),
+    ("eager", "infonce"), ("jit", "infonce")])
+def test_sogclr_matches_reference_over_steps(mode, gradient_scale):
     rng = np.random.default_rng(0)
     num_examples, gamma, tau = 16, 0.9, 0.1
-    loss_fn = losses.GlobalContrastiveLoss(num_examples, temperature=tau, gamma=gamma)
+    loss_fn = losses.GlobalContrastiveLoss(num_examples, temperature=tau, gamma=gamma,
+                                           gradient_scale=gradient_scale)
+    scale = _scale(gradient_scale, tau)
     table = np.full(num_examples, np.nan)
     wrap = {"eager": None, "function": tf.function,
             "jit": lambda f: tf.function(f, jit_compile=True)}[mode]
@@ -44,19 +53,23 @@ def test_sogclr_matches_reference_over_steps(mode):
         loss, metrics, g1, g2 = _loss_and_grads(loss_fn, z1, z2, index, wrap)
         want_loss, want_objective, want_g1, want_g2 = ref.sogclr_step(
             z1, z2, index, table, gamma, tau)
-        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(loss, scale * want_loss, rtol=RTOL, atol=ATOL)
+        # The objective estimate is F itself, whatever the loss's scale.
         np.testing.assert_allclose(metrics["objective"], want_objective, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(g1, want_g1, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(g2, want_g2, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g1, scale * want_g1, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g2, scale * want_g2, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(loss_fn.estimates(), np.nan_to_num(table), rtol=RTOL)
         assert metrics["input_ok"] == 1.0
     assert loss_fn.visited_fraction().numpy() == pytest.approx(13 / 16)
 
 
-def test_bimodal_matches_reference_over_steps():
+@pytest.mark.parametrize("gradient_scale", ["libauc", "infonce"])
+def test_bimodal_matches_reference_over_steps(gradient_scale):
     rng = np.random.default_rng(1)
     num_examples, gamma, tau = 16, 0.8, 0.05
-    loss_fn = losses.BimodalGlobalContrastiveLoss(num_examples, temperature=tau, gamma=gamma)
+    loss_fn = losses.BimodalGlobalContrastiveLoss(num_examples, temperature=tau, gamma=gamma,
+                                                  gradient_scale=gradient_scale)
+    scale = _scale(gradient_scale, tau)
     image_table = np.full(num_examples, np.nan)
     text_table = np.full(num_examples, np.nan)
     for index in STEPS:
@@ -64,21 +77,22 @@ def test_bimodal_matches_reference_over_steps():
         loss, _, g_image, g_text = _loss_and_grads(loss_fn, image, text, index)
         want_loss, want_image, want_text = ref.bimodal_step(
             image, text, index, image_table, text_table, gamma, tau)
-        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(g_image, want_image, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(g_text, want_text, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(loss, scale * want_loss, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g_image, scale * want_image, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g_text, scale * want_text, rtol=RTOL, atol=ATOL)
         estimates = loss_fn.estimates()
         np.testing.assert_allclose(estimates["image"], np.nan_to_num(image_table), rtol=RTOL)
         np.testing.assert_allclose(estimates["text"], np.nan_to_num(text_table), rtol=RTOL)
 
 
-
-
-
-
-def test_gamma_one_gives_decoupled_contrastive_gradient():
+@pytest.mark.parametrize("gradient_scale", ["libauc", "infonce"])
+def test_gamma_one_gives_decoupled_contrastive_gradient(gradient_scale):
+    """gamma = 1: the gradient of the decoupled contrastive loss tau * (logsumexp(neg / tau)
+    - log K) - pos (libauc), or of that over tau, InfoNCE's scale (infonce)."""
     rng = np.random.default_rng(3)
-    loss_fn = losses.GlobalContrastiveLoss(8, temperature=0.1, gamma=1.0)
+    loss_fn = losses.GlobalContrastiveLoss(8, temperature=0.1, gamma=1.0,
+                                           gradient_scale=gradient_scale)
+    scale = _scale(gradient_scale, 0.1)
     for index in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 1, 2, 3]):
         z1, z2 = ref.random_views(rng, 4)
         _, _, g1, g2 = _loss_and_grads(loss_fn, z1, z2, index)
@@ -88,8 +102,29 @@ def test_gamma_one_gives_decoupled_contrastive_gradient():
             dcl = _decoupled_contrastive_loss_tf(a, b, 0.1)
         want_g1, want_g2 = tape.gradient(dcl, [a, b])
         np.testing.assert_allclose(dcl, ref.decoupled_contrastive_loss(z1, z2, 0.1), rtol=RTOL)
-        np.testing.assert_allclose(g1, want_g1, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(g2, want_g2, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g1, scale * want_g1, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(g2, scale * want_g2, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("tau", [0.03, 0.1, 0.5])
+def test_infonce_scale_keeps_the_controls_step(tau):
+    """With gradient_scale="infonce" switching to the control (NT-Xent) at one learning rate
+    keeps the step's size: early in training (gamma = 1, a large batch of random views, where
+    coupled and decoupled softmaxes nearly agree) SogCLR's gradient norm is NT-Xent's to 10%;
+    with "libauc" it is tau times that."""
+    rng = np.random.default_rng(7)
+    z1, z2 = ref.random_views(rng, 64, dim=16)
+    a, b = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        control = losses.NTXentLoss(tau)(a, b)
+    control_norm = tf.linalg.global_norm(tape.gradient(control, [a, b])).numpy()
+    for gradient_scale, want in (("infonce", 1.0), ("libauc", tau)):
+        loss_fn = losses.GlobalContrastiveLoss(64, temperature=tau, gamma=1.0,
+                                               gradient_scale=gradient_scale)
+        _, _, g1, g2 = _loss_and_grads(loss_fn, z1, z2, np.arange(64))
+        ratio = tf.linalg.global_norm([g1, g2]).numpy() / control_norm
+        assert ratio == pytest.approx(want, rel=0.1), gradient_scale
 
 
 def _decoupled_contrastive_loss_tf(z1, z2, tau):
@@ -193,12 +228,6 @@ def test_mirrored_two_replicas_equal_one_device(mirrored_strategy):
             np.testing.assert_allclose(np.exp(replica_table.numpy()), want_table, rtol=RTOL)
 
 
-
-
-
-
-
-
 def test_cosine_gamma_schedule_and_set_epoch_reach_traced_step():
     loss_fn = losses.GlobalContrastiveLoss(
         8, gamma=0.2, gamma_schedule="cosine", gamma_decay_epochs=4)
@@ -217,10 +246,6 @@ def test_cosine_gamma_schedule_and_set_epoch_reach_traced_step():
     assert losses.gamma_for_epoch(3, 0.9) == 0.9
 
 
-
-
-
-
 @pytest.mark.parametrize("kwargs, argument", [
     (dict(num_examples=0), "num_examples"),
     (dict(num_examples=2.5), "num_examples"),
@@ -230,6 +255,7 @@ def test_cosine_gamma_schedule_and_set_epoch_reach_traced_step():
     (dict(num_examples=10, gamma_schedule="linear"), "gamma_schedule"),
     (dict(num_examples=10, gamma_schedule="cosine"), "gamma_decay_epochs"),
     (dict(num_examples=10, gamma_decay_epochs=5), "gamma_decay_epochs"),
+    (dict(num_examples=10, gradient_scale="tau"), "gradient_scale"),
 ])
 @pytest.mark.parametrize("cls", [losses.GlobalContrastiveLoss, losses.BimodalGlobalContrastiveLoss])
 def test_bad_hyperparameters_raise(cls, kwargs, argument):
@@ -252,14 +278,6 @@ def test_bad_shapes_raise_at_trace_time():
         loss_fn(z, z, tf.zeros([4]))
     with pytest.raises(ValueError, match=r"temperature"):
         losses.nt_xent_loss(z, z, temperature=-1.0)
-
-
-
-
-
-
-
-
 
 
 def test_sogclr_temperature_gradient_is_the_objective_derivative_on_a_first_visit():

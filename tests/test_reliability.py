@@ -242,14 +242,6 @@ def test_atomic_checkpoints_ignore_and_clean_what_kills_leave(tmp_path):
 # --------------------------------------------------------------------------- non-finite
 
 
-
-
-
-
-
-
-
-
 def tiny_config(data_dir, model_dir, dataset="fashion_mnist_debian", eval_split="test", **run):
     """ResNet-18 of width 1/16 on 8x8 crops, batch 16, 4 steps, checkpoints every 2."""
     run = {"model_dir": str(model_dir), "train_batch_size": 16, "train_steps": 4,

@@ -19,6 +19,10 @@ from tf_sogclr import checks
 # Every choice a flag or config field accepts; the library modules take theirs from here.
 LOSSES = ("sogclr", "simclr")
 GAMMA_SCHEDULES = ("constant", "cosine")
+# How the global losses scale their surrogate: "infonce" divides it by tau, so its gradient is
+# InfoNCE's (NT-Xent's, CLIP's) at the same tau; "libauc" keeps the authors' (LibAUC's) value,
+# whose gradient is tau times that. docs/algorithm.md, "Gradient scale".
+GRADIENT_SCALES = ("infonce", "libauc")
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 PROJECTION_HEAD_MODES = ("none", "linear", "nonlinear")
 OPTIMIZERS = ("lars", "momentum", "adam")
@@ -107,9 +111,11 @@ class LossConfig:
     gamma_schedule: str = "constant"
     gamma_decay_epochs: int | None = None
     hidden_norm: bool = True
+    gradient_scale: str = "infonce"
 
     def validate(self):
         checks.choice("--loss", self.loss, LOSSES)
+        checks.choice("--gradient_scale", self.gradient_scale, GRADIENT_SCALES)
         checks.in_range("--temperature", self.temperature, 0.0, float("inf"), low_open=True,
                         high_open=True)
         checks.in_range("--gamma", self.gamma, 0.0, 1.0, low_open=True)

@@ -14,11 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sogclr import distribute
-from tf_sogclr.config import GAMMA_SCHEDULES
+from tf_sogclr.config import GAMMA_SCHEDULES, GRADIENT_SCALES
 from tf_sogclr.losses import inputs
 from tf_sogclr.losses.u_table import UTable, log_add_exp, moving_average_log_u
-
-
 
 
 def gamma_for_epoch(epoch, gamma, gamma_schedule="constant", gamma_decay_epochs=None):
@@ -33,7 +31,11 @@ def gamma_for_epoch(epoch, gamma, gamma_schedule="constant", gamma_decay_epochs=
     return float(gamma + (1.0 - gamma) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _validate_hyperparameters(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs):
+def _validate_hyperparameters(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs,
+                              gradient_scale):
+    if gradient_scale not in GRADIENT_SCALES:
+        raise ValueError(
+            f"gradient_scale must be one of {GRADIENT_SCALES}, got {gradient_scale!r}.")
     if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)):
         raise ValueError(f"num_examples must be an integer >= 1, got {num_examples!r}.")
     if not 1 <= num_examples <= np.iinfo(np.int32).max:
@@ -99,10 +101,11 @@ class _GlobalContrastiveBase(keras.layers.Layer):
         gamma_schedule="constant",
         gamma_decay_epochs=None,
         normalize=True,
+        gradient_scale="infonce",
         **kwargs,
     ):
         _validate_hyperparameters(
-            num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs
+            num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs, gradient_scale
         )
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
@@ -112,6 +115,7 @@ class _GlobalContrastiveBase(keras.layers.Layer):
         self.gamma_schedule = gamma_schedule
         self.gamma_decay_epochs = gamma_decay_epochs
         self.normalize = bool(normalize)
+        self.gradient_scale = gradient_scale
         self.current_gamma = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.gamma_for_epoch(0)),
@@ -132,6 +136,11 @@ class _GlobalContrastiveBase(keras.layers.Layer):
     def schedule_logs(self):
         """{"gamma": float32 scalar}: the schedule's current value, for training logs."""
         return {"gamma": tf.convert_to_tensor(self.current_gamma.value)}
+
+    def _scaled(self, surrogate, temperature):
+        """The surrogate as the loss: divided by tau for "infonce" (InfoNCE's gradient), as
+        is for "libauc" (the authors' value; gradient tau times smaller)."""
+        return surrogate / temperature if self.gradient_scale == "infonce" else surrogate
 
     def _prepare(self, z1, z2, index, names):
         """Checks, normalises and gathers; returns local and global tensors and accept flag."""
@@ -157,6 +166,7 @@ class _GlobalContrastiveBase(keras.layers.Layer):
             gamma_schedule=self.gamma_schedule,
             gamma_decay_epochs=self.gamma_decay_epochs,
             normalize=self.normalize,
+            gradient_scale=self.gradient_scale,
         )
         return config
 
@@ -167,7 +177,8 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
 
     `loss_fn(z1, z2, index)`: projections of two views `[b, d]` (any float dtype) and int
     example indices `[b]` in [0, num_examples); returns the scalar surrogate loss, the mean
-    over local anchors of both directions, and writes the global batch's rows of the table.
+    over local anchors of both directions (over tau with `gradient_scale="infonce"`), and
+    writes the global batch's rows of the table.
     With `return_metrics=True` it returns `(loss, metrics)`; metrics are float32 scalars:
     `objective` (estimate of F), `u_mean`, `u_min`, `u_max`, `contrastive_accuracy`,
     `input_ok`. Under a strategy, divide the loss by the number of replicas before taking
@@ -180,12 +191,14 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
         reached after `gamma_decay_epochs` (LibAUC's gamma_min).
       gamma_schedule: "constant" or "cosine"; `set_epoch` applies it.
       normalize: L2-normalise projections (SimCLR's `hidden_norm`).
+      gradient_scale: "infonce" (the surrogate over tau: the gradient of NT-Xent / InfoNCE
+        at the same tau) or "libauc" (the authors' surrogate, gradient tau times smaller).
     """
 
     def __init__(self, num_examples, temperature=0.1, gamma=0.9, gamma_schedule="constant",
-                 gamma_decay_epochs=None, normalize=True, **kwargs):
+                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce", **kwargs):
         super().__init__(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs,
-                         normalize, **kwargs)
+                         normalize, gradient_scale, **kwargs)
         self.u_table = UTable(self.num_examples, name="u_table")
         self.built = True
 
@@ -207,7 +220,7 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
             sims1, negatives, positive, log_u_old, gamma, self.temperature, num_negatives)
         loss2, log_u2, correct2 = _sogclr_direction(
             sims2, negatives, positive, log_u_old, gamma, self.temperature, num_negatives)
-        loss = tf.reduce_mean(loss1 + loss2)
+        loss = self._scaled(tf.reduce_mean(loss1 + loss2), self.temperature)
         log_u = log_add_exp(log_u1, log_u2) - math.log(2.0)  # log((u1 + u2) / 2)
         self.u_table.write(index_all, distribute.cross_replica_concat(log_u), accept)
         if not return_metrics:
@@ -242,7 +255,8 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
     `loss_fn(image_emb, text_emb, index)`: `[b, d]` embeddings of paired images and texts and
     int pair indices `[b]`. Table `image_u_table` holds u^I (image anchors against the B-1
     other texts), `text_u_table` u^T (text anchors against the other images). Returns the
-    mean over local pairs of loss^I + loss^T; metrics and guarantees as
+    mean over local pairs of loss^I + loss^T (over tau with `gradient_scale="infonce"`);
+    metrics and guarantees as
     `GlobalContrastiveLoss`, plus `temperature_gradient`: the estimate of d objective / d tau,
     `mean_i [log u^I_i + log u^T_i - sum_j (p^I_ij s^I_ij + p^T_ij s^T_ij) / (tau (B - 1))]`.
     `temperature` (optional scalar, e.g. a learnable tau's value) overrides the constructor's
@@ -250,9 +264,9 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
     """
 
     def __init__(self, num_examples, temperature=0.1, gamma=0.9, gamma_schedule="constant",
-                 gamma_decay_epochs=None, normalize=True, **kwargs):
+                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce", **kwargs):
         super().__init__(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs,
-                         normalize, **kwargs)
+                         normalize, gradient_scale, **kwargs)
         self.image_u_table = UTable(self.num_examples, name="image_u_table")
         self.text_u_table = UTable(self.num_examples, name="text_u_table")
         self.built = True
@@ -273,7 +287,7 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
         loss_t, log_u_t, correct_t = _sogclr_direction(
             tf.matmul(text, image_all, transpose_b=True), negatives, positive,
             self.text_u_table.read(index), gamma, tau, num_negatives)
-        loss = tf.reduce_mean(loss_i + loss_t)
+        loss = self._scaled(tf.reduce_mean(loss_i + loss_t), tau)
         self.image_u_table.write(index_all, distribute.cross_replica_concat(log_u_i), accept)
         self.text_u_table.write(index_all, distribute.cross_replica_concat(log_u_t), accept)
         if not return_metrics:

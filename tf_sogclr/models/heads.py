@@ -8,8 +8,6 @@ from tf_sogclr.config import PROJECTION_HEAD_MODES
 from tf_sogclr.models import resnet
 
 
-
-
 @keras.saving.register_keras_serializable(package="tf_sogclr")
 class ProjectionHead(keras.layers.Layer):
     """SimCLR's projection head: features `[b, f]` -> projections `[b, proj_out_dim]`.

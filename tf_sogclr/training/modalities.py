@@ -114,7 +114,7 @@ def build_sogclr_model(cfg, info, num_replicas):
         loss_layer = losses.GlobalContrastiveLoss(
             info.num_examples, temperature=lc.temperature, gamma=lc.gamma,
             gamma_schedule=lc.gamma_schedule, gamma_decay_epochs=lc.gamma_decay_epochs,
-            normalize=lc.hidden_norm, name="sogclr_loss")
+            normalize=lc.hidden_norm, gradient_scale=lc.gradient_scale, name="sogclr_loss")
     else:
         loss_layer = losses.NTXentLoss(lc.temperature, normalize=lc.hidden_norm,
                                        name="nt_xent_loss")
@@ -209,13 +209,15 @@ class Unimodal(Modality):
 
 
 def build_bimodal_loss(loss, num_examples, temperature=config.BIMODAL_TEMPERATURE, gamma=0.9,
-                       gamma_schedule="constant", gamma_decay_epochs=None, normalize=True):
+                       gamma_schedule="constant", gamma_decay_epochs=None, normalize=True,
+                       gradient_scale="infonce"):
     """"sogclr": `BimodalGlobalContrastiveLoss` with `num_examples` rows; "simclr": CLIP's."""
     checks.choice("--loss", loss, config.LOSSES)
     if loss == "sogclr":
         return losses.BimodalGlobalContrastiveLoss(
             num_examples, temperature=temperature, gamma=gamma, gamma_schedule=gamma_schedule,
-            gamma_decay_epochs=gamma_decay_epochs, normalize=normalize, name="sogclr_loss")
+            gamma_decay_epochs=gamma_decay_epochs, normalize=normalize,
+            gradient_scale=gradient_scale, name="sogclr_loss")
     return losses.ClipContrastiveLoss(temperature, normalize=normalize, name="clip_loss")
 
 
@@ -226,7 +228,8 @@ def build_dual_encoder(cfg, info, tokenizer, num_replicas=1):
         t.vocab_size, t.max_text_length, kind=t.text_encoder, width=t.text_width,
         num_layers=t.text_layers, num_heads=t.text_heads, name="text_encoder")
     loss_layer = build_bimodal_loss(lc.loss, info.num_examples, lc.temperature, lc.gamma,
-                                    lc.gamma_schedule, lc.gamma_decay_epochs, lc.hidden_norm)
+                                    lc.gamma_schedule, lc.gamma_decay_epochs, lc.hidden_norm,
+                                    lc.gradient_scale)
     model = dual_encoder.DualEncoderModel(
         _image_encoder(cfg, info, num_replicas, "image_encoder"), text_encoder,
         _projection_head(cfg, num_replicas, "image_projection_head"),
