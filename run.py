@@ -258,8 +258,12 @@ def main(argv):
     strategy = distribute.resolve_strategy(FLAGS.use_tpu, FLAGS.tpu_name, FLAGS.tpu_zone,
                                            FLAGS.gcp_project)
     check_run(cfg, train_info, strategy)
+    distribution = distribute.describe_run(strategy, FLAGS.train_batch_size, cfg.run.jit_compile,
+                                           cfg.run.mixed_precision)
+    print(distribute.format_run(distribution), flush=True)
 
-    summary = {"model_dir": cfg.run.model_dir, "modality": modality.name}
+    summary = {"model_dir": cfg.run.model_dir, "modality": modality.name,
+               "distribution": distribution}
     if FLAGS.train_mode == "finetune":
         summary.update(run_finetune(cfg, train_info, strategy))
         return summary

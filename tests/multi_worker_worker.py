@@ -11,6 +11,7 @@ shard k holds the split's examples with index in [k*N/2, (k+1)*N/2), in index or
 the per-replica batch. No shuffling and no random augmentation: view 2 is view 1 mirrored.
 """
 
+import json
 import os
 import sys
 
@@ -101,6 +102,8 @@ def main(data_dir, model_dir, out):
     result = lifecycle.pretrain(tiny_config(data_dir, model_dir), strategy=strategy, verbose=0,
                             dataset_fn=dataset_fn(data_dir))
     dump(result, out)
+    with open(f"{out}.json", "w") as f:
+        json.dump(result.distribution, f)
 
 
 if __name__ == "__main__":

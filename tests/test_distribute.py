@@ -62,3 +62,16 @@ def test_is_chief_follows_tf_config(monkeypatch, cluster, task, chief):
     strategy = _Strategy({"cluster": cluster, "task": task}, monkeypatch)
     assert distribute.is_chief(strategy) is chief
     assert distribute.is_chief(tf.distribute.get_strategy())
+
+
+def test_describe_run_names_strategy_workers_replicas_and_batches(mirrored_strategy):
+    described = distribute.describe_run(mirrored_strategy, 64, False, "mixed_bfloat16")
+    assert described == {"strategy": "MirroredStrategy", "workers": 1, "replicas": 2,
+                         "global_batch_size": 64, "per_replica_batch_size": 32, "xla": False,
+                         "mixed_precision": "mixed_bfloat16"}
+    assert distribute.format_run(described) == (
+        "Run: MirroredStrategy, 1 worker, 2 replicas, global batch 64 (32 per replica), "
+        "XLA off, precision mixed_bfloat16")
+    one = distribute.describe_run(tf.distribute.get_strategy(), 8, True, "none")
+    assert (one["strategy"], one["replicas"], one["xla"], one["mixed_precision"]) == (
+        "DefaultStrategy", 1, True, "float32")

@@ -86,6 +86,14 @@ def test_two_workers_agree_with_each_other_and_with_one_process(
     for i, process in enumerate(processes):
         assert process.returncode == 0, (tmp_path / f"worker_{i}.log").read_text()[-3000:]
 
+    # Each worker says how it ran: two workers of one replica each form the global batch.
+    for out in outputs:
+        assert json.loads(open(f"{out}.json").read()) == {
+            "strategy": "MultiWorkerMirroredStrategy", "workers": 2, "replicas": 2,
+            "global_batch_size": worker.GLOBAL_BATCH,
+            "per_replica_batch_size": worker.GLOBAL_BATCH // 2, "xla": False,
+            "mixed_precision": "float32"}
+    assert result.distribution["workers"] == 1 and result.distribution["replicas"] == 2
     first, second = (np.load(out) for out in outputs)
     single = np.load(tmp_path / "single.npz")
     assert int(first["step"]) == int(second["step"]) == int(single["step"]) == worker.STEPS

@@ -30,6 +30,13 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = summary_of(done.stdout)
     assert summary["step"] == 3
+    # The start-up line and the summary say how the run is distributed.
+    assert summary["distribution"] == {
+        "strategy": "DefaultStrategy", "workers": 1, "replicas": 1,
+        "global_batch_size": 16, "per_replica_batch_size": 16, "xla": False,
+        "mixed_precision": "float32"}
+    assert ("Run: DefaultStrategy, 1 worker, 1 replica, global batch 16 (16 per "
+            "replica), XLA off, precision float32") in done.stdout
     assert summary["checkpoint"].endswith("ckpt-3")
     assert summary["export"] == os.path.join(model_dir, "saved_model", "3")
     assert os.path.isfile(os.path.join(summary["export"], "saved_model.pb"))

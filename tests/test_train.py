@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tiny
-from tf_sogclr import config, data
+from tf_sogclr import config, data, distribute
 from tf_sogclr.data import augment, captions
 from tf_sogclr.training import checkpoints, lifecycle
 from tf_sogclr.training import loop as training_loop
@@ -30,7 +30,14 @@ def test_pretrain_checkpoints_and_resumes_exactly(small_fashion_mnist, tmp_path)
     assert np.isfinite(first.logs["contrastive_loss"]) and first.logs["bad_steps"] == 0
     assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-4")
     assert len(tf.io.gfile.glob(str(tmp_path / "run" / "ckpt-*.index"))) == 2
-    assert tf.io.gfile.glob(os.path.join(first.summary_dir, "events.out.tfevents.*"))
+    events = tf.io.gfile.glob(os.path.join(first.summary_dir, "events.out.tfevents.*"))
+    assert events
+    # The run's description is a TensorBoard text summary too.
+    texts = [tf.make_ndarray(v.tensor).item().decode()
+             for path in events for event in tf.compat.v1.train.summary_iterator(path)
+             for v in event.summary.value if v.tag == "run"]
+    assert texts == [distribute.format_run(first.distribution)]
+    assert first.distribution["per_replica_batch_size"] == cfg.run.train_batch_size
     table = first.model.loss_layer.estimates().numpy()
     assert 0 < np.count_nonzero(table) <= 4 * 16
 

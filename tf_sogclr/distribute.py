@@ -1,4 +1,5 @@
-"""Cross-replica helpers for the losses: global batches built from per-replica shards.
+"""Cross-replica helpers for the losses (global batches built from per-replica shards), the
+strategy of a run and how it is described.
 
 Every function works in three places: eagerly or in a `tf.function` with no strategy (one
 replica), inside `strategy.run` of any `tf.distribute` strategy (Mirrored, TPU,
@@ -76,3 +77,41 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def num_workers(strategy):
+    """Worker processes (hosts) taking part in `strategy`'s steps: the chief and worker
+    tasks of its cluster (TPU hosts for a TPUStrategy), 1 without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(cluster.get(job, ())) for job in ("chief", "worker")))
+
+
+def describe_run(strategy, global_batch_size, jit_compile, mixed_precision):
+    """How a run is distributed, as the start-up line and the run summary report it.
+
+    Returns {"strategy": class name ("DefaultStrategy": one device), "workers", "replicas", "global_batch_size",
+    "per_replica_batch_size", "xla": bool (always on TPU), "mixed_precision": policy name}.
+    """
+    replicas = strategy.num_replicas_in_sync
+    tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    name = type(strategy).__name__
+    # TensorFlow's no-strategy default is the private class _DefaultDistributionStrategy.
+    name = "DefaultStrategy" if name.startswith("_Default") else name
+    return {"strategy": name, "workers": num_workers(strategy),
+            "replicas": replicas, "global_batch_size": int(global_batch_size),
+            "per_replica_batch_size": int(global_batch_size) // replicas,
+            "xla": bool(jit_compile or tpu),
+            "mixed_precision": "float32" if mixed_precision == "none" else mixed_precision}
+
+
+def format_run(description):
+    """One line of `describe_run`'s dict: "Run: MirroredStrategy, 1 worker, 2 replicas, ..."."""
+    d = description
+    plural = lambda n, word: f"{n} {word}" + ("" if n == 1 else "s")
+    return (f"Run: {d['strategy']}, {plural(d['workers'], 'worker')}, "
+            f"{plural(d['replicas'], 'replica')}, global batch {d['global_batch_size']} "
+            f"({d['per_replica_batch_size']} per replica), XLA {'on' if d['xla'] else 'off'}, "
+            f"precision {d['mixed_precision']}")

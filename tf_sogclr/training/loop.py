@@ -143,6 +143,7 @@ class PretrainResult:
     summary_dir: str
     model: keras.Model
     preempted: bool = False  # stopped by SIGTERM after saving `checkpoint`; rerun to resume
+    distribution: dict = dataclasses.field(default_factory=dict)  # distribute.describe_run
 
 
 def data_error(error, info, first_step, last_step, num_examples):
@@ -213,6 +214,11 @@ def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
     loop = train_loop_function(model, strategy, cfg.run.jit_compile, diagnostics=True)
     summary_dir = os.path.join(out_dir, "train")
     writer = tf.summary.create_file_writer(summary_dir)
+    distribution = distribute.describe_run(strategy, cfg.run.train_batch_size,
+                                           cfg.run.jit_compile, cfg.run.mixed_precision)
+    logger.info(distribute.format_run(distribution))
+    with writer.as_default(step=step):
+        tf.summary.text("run", distribute.format_run(distribution))
     logs, progbar, saved_step = {}, None, step if restored else None
     log_names = [m.name for m in model.metrics] + ["learning_rate", "gamma", "temperature"]
     num_epochs = -(-schedule.total_steps // schedule.steps_per_epoch)
@@ -221,7 +227,8 @@ def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
     def result(preempted=False):
         return PretrainResult(step=step, epoch=step / schedule.steps_per_epoch, logs=logs,
                               checkpoint=checkpoints.latest_checkpoint(cfg.run.model_dir),
-                              summary_dir=summary_dir, model=model, preempted=preempted)
+                              summary_dir=summary_dir, model=model, preempted=preempted,
+                              distribution=distribution)
 
     with preemption.SigtermWatch() as sigterm:  # Before the input pipeline starts prefetching.
         iterator = iter(dataset)
