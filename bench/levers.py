@@ -42,6 +42,10 @@ LEVERS = {
     "no_color_jitter": ["--color_jitter_strength=0"],
     "lr0.6": ["--learning_rate=0.6"],
     "batch64": ["--train_batch_size=64"],  # 4x the steps; the learning rate scales linearly
+    # The surrogate's scale (docs/algorithm.md, "Gradient scale"): each convention named.
+    "gradient_scale_infonce": ["--gradient_scale=infonce"],
+    "gradient_scale_libauc": ["--gradient_scale=libauc"],
+    "xla": ["--jit_compile"],  # XLA on the one CPU device: throughput, hence epochs
     "proj64": ["--proj_out_dim=64"],
 }
 

@@ -167,7 +167,7 @@ def test_readme_tpu_command_on_tiny_sizes(small_fashion_mnist, tmp_path):
         "--train_split=train", "--eval_split=test", "--image_size=16",
         "--resnet_depth=18", "--width_multiplier=0.0625", "--small_image_stem=true",
         "--use_blur", "--color_jitter_strength=1.0", "--cache_dataset=false",
-        "--loss=sogclr", "--temperature=0.1", "--gamma=0.9",
+        "--loss=sogclr", "--temperature=0.1", "--gamma=0.9", "--gradient_scale=libauc",
         "--optimizer=lars", "--learning_rate=0.075", "--learning_rate_scaling=sqrt",
         "--weight_decay=1e-6", "--warmup_epochs=1", "--train_steps=20",
         "--train_batch_size=32", "--eval_batch_size=64", "--eval_steps=2",
