@@ -40,6 +40,8 @@ LEVERS = {
     "width0.25": ["--width_multiplier=0.25"],
     "image16_epochs6": ["--image_size=16", "--train_epochs=6"],
     "no_color_jitter": ["--color_jitter_strength=0"],
+    "color_jitter1.0": ["--color_jitter_strength=1.0"],  # SimCLR's ImageNet strength
+    "blur": ["--use_blur"],
     "lr0.6": ["--learning_rate=0.6"],
     "batch64": ["--train_batch_size=64"],  # 4x the steps; the learning rate scales linearly
     # The surrogate's scale (docs/algorithm.md, "Gradient scale"): each convention named.
