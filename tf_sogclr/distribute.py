@@ -89,6 +89,12 @@ def num_workers(strategy):
     return max(1, sum(len(cluster.get(job, ())) for job in ("chief", "worker")))
 
 
+_PUBLIC_STRATEGIES = ((tf.distribute.TPUStrategy, "TPUStrategy"),
+                      (tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+                      (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+                      (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy"))
+
+
 def describe_run(strategy, global_batch_size, jit_compile, mixed_precision):
     """How a run is distributed, as the start-up line and the run summary report it.
 
@@ -97,9 +103,10 @@ def describe_run(strategy, global_batch_size, jit_compile, mixed_precision):
     """
     replicas = strategy.num_replicas_in_sync
     tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-    name = type(strategy).__name__
-    # TensorFlow's no-strategy default is the private class _DefaultDistributionStrategy.
-    name = "DefaultStrategy" if name.startswith("_Default") else name
+    # The public name a user passes (MultiWorkerMirroredStrategy's class is
+    # CollectiveAllReduceStrategy; the no-strategy default is a private class).
+    name = next((public for cls, public in _PUBLIC_STRATEGIES if isinstance(strategy, cls)),
+                "DefaultStrategy")
     return {"strategy": name, "workers": num_workers(strategy),
             "replicas": replicas, "global_batch_size": int(global_batch_size),
             "per_replica_batch_size": int(global_batch_size) // replicas,
