@@ -48,6 +48,10 @@ LEVERS = {
     "gradient_scale_infonce": ["--gradient_scale=infonce"],
     "gradient_scale_libauc": ["--gradient_scale=libauc"],
     "xla": ["--jit_compile"],  # XLA on the one CPU device: throughput, hence epochs
+    # Combinations of the levers that helped (width: the probe; 16x16 + epochs and stronger
+    # jitter: k-NN), sized to the default job's 15-minute budget.
+    "candidate_16px_w0.25_jitter1_5ep": ["--image_size=16", "--width_multiplier=0.25",
+                                         "--color_jitter_strength=1.0", "--train_epochs=5"],
     "proj64": ["--proj_out_dim=64"],
 }
 
