@@ -98,8 +98,9 @@ _PUBLIC_STRATEGIES = ((tf.distribute.TPUStrategy, "TPUStrategy"),
 def describe_run(strategy, global_batch_size, jit_compile, mixed_precision):
     """How a run is distributed, as the start-up line and the run summary report it.
 
-    Returns {"strategy": class name ("DefaultStrategy": one device), "workers", "replicas", "global_batch_size",
-    "per_replica_batch_size", "xla": bool (always on TPU), "mixed_precision": policy name}.
+    Returns {"strategy": its public name ("DefaultStrategy": one device, no strategy),
+    "workers", "replicas", "global_batch_size", "per_replica_batch_size", "xla": bool (always
+    on TPU), "mixed_precision": policy name}.
     """
     replicas = strategy.num_replicas_in_sync
     tpu = isinstance(strategy, tf.distribute.TPUStrategy)
