@@ -171,38 +171,31 @@ def finetune_config():
     """
     from tf_sogclr import config
 
-    unset = {name: getattr(config.FinetuneConfig, name) for name in finetune_recipe_flags()
-             if not FLAGS[name].present}
+    unset = {name: getattr(config.FinetuneConfig, name) for name in unset_optimizer_flags()}
     try:
         return config_from_flags(config.FinetuneConfig, **unset).validate()
     except ValueError as error:
         raise UsageError(str(error)) from None
 
 
-def finetune_recipe_flags():
-    """The optimiser flags of fine-tuning: `config.OptimizerConfig`'s fields."""
+def unset_optimizer_flags():
+    """Names of the optimiser flags (`config.OptimizerConfig`'s fields) the user did not set."""
     import dataclasses
 
     from tf_sogclr import config
 
-    return [f.name for f in dataclasses.fields(config.OptimizerConfig)]
-
-
-def finetune_recipe(finetune_cfg):
-    """{flag: value} of the fine-tuning optimiser, and the names of those left at the recipe's
-    default because the user did not set them."""
-    names = finetune_recipe_flags()
-    return ({name: getattr(finetune_cfg, name) for name in names},
-            [name for name in names if not FLAGS[name].present])
+    return [f.name for f in dataclasses.fields(config.OptimizerConfig) if not FLAGS[f.name].present]
 
 
 def run_finetune(cfg, train_info, strategy):
     """Fine-tunes with Keras fit (resuming if interrupted), evaluates, exports the classifier."""
+    import dataclasses
+
     from tf_sogclr import distribute
     from tf_sogclr.training import finetune, finetune_model
 
     finetune_cfg = finetune_config()
-    recipe, defaulted = finetune_recipe(finetune_cfg)
+    recipe, defaulted = dataclasses.asdict(finetune_cfg.optimizer_config), unset_optimizer_flags()
     print("Fine-tuning recipe: " + ", ".join(f"--{k}={v}" for k, v in recipe.items())
           + (f" (fine-tuning defaults for the unset {', '.join('--' + n for n in defaulted)})"
              if defaulted else ""), flush=True)

@@ -216,9 +216,10 @@ def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
     writer = tf.summary.create_file_writer(summary_dir)
     distribution = distribute.describe_run(strategy, cfg.run.train_batch_size,
                                            cfg.run.jit_compile, cfg.run.mixed_precision)
-    logger.info(distribute.format_run(distribution))
+    run_line = distribute.format_run(distribution)
+    logger.info(run_line)
     with writer.as_default(step=step):
-        tf.summary.text("run", distribute.format_run(distribution))
+        tf.summary.text("run", run_line)
     logs, progbar, saved_step = {}, None, step if restored else None
     log_names = [m.name for m in model.metrics] + ["learning_rate", "gamma", "temperature"]
     num_epochs = -(-schedule.total_steps // schedule.steps_per_epoch)
