@@ -9,6 +9,7 @@ import tensorflow as tf
 from tf_sogclr import losses
 from tf_sogclr import models as model_lib
 from tf_sogclr.training import loop as training_loop
+from tf_sogclr.losses.u_table import UNVISITED
 from tf_sogclr.training import optim
 
 
@@ -98,3 +99,77 @@ def test_bad_steps_change_nothing_but_the_step_counter(setting, request):
             assert all(np.array_equal(c, copies[0]) for c in copies), path  # replicas agree
     assert any(not np.array_equal(final[p][0], after[p][0]) for p in final
                if "dense" in p and "kernel" in p)
+
+
+@pytest.fixture
+def policy(request):
+    """Sets the global Keras dtype policy `request.param` for one test, then float32 again."""
+    keras.mixed_precision.set_global_policy(request.param)
+    try:
+        yield request.param
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+OVERFLOWING_SCALE = 2.0 ** 30  # float16's largest value is 65504: this scale must overflow.
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
+@pytest.mark.parametrize("setting", ["one_device", "mirrored"])
+def test_a_loss_scale_overflow_is_skipped_and_settles_without_bad_steps(policy, setting,
+                                                                         request):
+    strategy = (request.getfixturevalue("mirrored_strategy") if setting == "mirrored"
+                else tf.distribute.get_strategy())
+    with strategy.scope():
+        model = tiny_model()
+    loss_scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    # Keras wraps the optimiser under mixed_float16 only: bfloat16 has float32's range.
+    assert loss_scaled == (policy == "mixed_float16")
+    if loss_scaled:
+        model.optimizer.dynamic_scale.assign(OVERFLOWING_SCALE)
+    loop = training_loop.train_loop_function(model, strategy, jit_compile=False,
+                                             diagnostics=True)
+    batches = [batch(seed) for seed in range(40)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+    if setting == "mirrored":
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    iterator = iter(dataset)
+    one = tf.constant(1, tf.int32)
+    kernel = next(v for v in model.trainable_variables if "dense" in v.path)
+    skipped_overflows, scales = 0, []
+    for step in range(1, len(batches) + 1):
+        before = state(model)
+        logs, report = loop(iterator, one)
+        after = state(model)
+        changed = [p for p in before if not all(
+            np.array_equal(b, a) for b, a in zip(before[p], after[p]))]
+        # Every step counts, applied or skipped: the schedule and checkpoints stay aligned.
+        assert int(model.optimizer.iterations.numpy()) == step
+        assert float(report["skipped"]) == 0 and float(logs["bad_steps"]) == 0
+        assert float(logs["nonfinite_steps"]) == 0 and np.isfinite(float(logs["contrastive_loss"]))
+        if kernel.path not in changed:
+            # An overflow: weights, slots and batch-norm statistics keep their values; the
+            # counter and the scale move (its growth count restarts), and the u-table keeps the forward pass's write (a
+            # moving average of the loss at the unchanged weights, which the overflow in the
+            # backward pass does not touch).
+            assert loss_scaled, f"step {step} was not applied under {policy}"
+            skipped_overflows += 1
+            moved = {model.optimizer.iterations.path, model.optimizer.dynamic_scale.path,
+                     model.loss_layer.u_table.log_u.path}
+            assert moved <= set(changed) <= moved | {model.optimizer.step_counter.path}
+            assert int(model.optimizer.step_counter.numpy()) == 0
+            scales.append(float(model.optimizer.dynamic_scale.numpy()))
+    if loss_scaled:
+        # The scale halved at each overflow, then settled where float16 holds the gradients.
+        assert skipped_overflows >= 10
+        assert scales[:10] == [OVERFLOWING_SCALE / 2 ** k for k in range(1, 11)]
+        assert float(model.optimizer.dynamic_scale.numpy()) < 65504.0
+        assert skipped_overflows < len(batches) - 5  # training went on
+    else:
+        assert skipped_overflows == 0
+    log_u = model.loss_layer.u_table.log_u
+    assert log_u.dtype == "float32"
+    for path, copies in state(model).items():
+        assert all(np.all(np.isfinite(c)) for c in copies), path
+    assert np.all(log_u.numpy() != UNVISITED)  # the applied steps wrote every row

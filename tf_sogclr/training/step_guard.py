@@ -8,6 +8,16 @@ step is not applied: only `optimizer.iterations` advances (the learning-rate sch
 checkpoint numbers and data position stay aligned) and the moving statistics get their old
 values back (a NaN there would stay in the model forever). `training.loop` turns the
 per-step diagnostics into a stop or a warning (`nonfinite_policy`).
+
+Under mixed_float16 (Keras wraps the optimiser in a `LossScaleOptimizer`), non-finite
+gradients of finite terms are a loss-scale overflow, expected while the scale settles. Such a
+step is skipped in the same way (only `iterations` advances, the statistics are put back)
+and the loss scale halves, as the LossScaleOptimizer itself would do; but it is no bad step:
+neither `bad_steps` nor the report counts it. The u-table keeps the step's write: its rows
+are moving averages of the loss at the unchanged weights, computed in the forward pass,
+which an overflow in the backward pass does not touch. (Left to the LossScaleOptimizer alone, an
+overflow would not advance `iterations`, and the schedule and checkpoint numbers would fall
+behind the steps taken; its verdict would also be the first replica's, not every replica's.)
 """
 
 import keras
@@ -57,10 +67,19 @@ def track_if(metric, value, ok):
     metric.update_state(tf.where(ok, value, 0.0), sample_weight=tf.cast(ok, tf.float32))
 
 
-def apply_if(optimizer, ok, gradients, variables, statistics, saved):
+def _lower_loss_scale(optimizer, overflow):
+    """Halves a LossScaleOptimizer's scale and restarts its growth count when `overflow`."""
+    optimizer.dynamic_scale.assign(
+        optimizer.dynamic_scale * tf.where(overflow, 0.5, 1.0))
+    optimizer.step_counter.assign(
+        tf.where(overflow, tf.zeros_like(optimizer.step_counter), optimizer.step_counter))
+
+
+def apply_if(optimizer, ok, gradients, variables, statistics, saved, overflow=None):
     """Applies `gradients` to `variables` when `ok` (a bool identical on all replicas); else
     only advances `optimizer.iterations` and puts back `saved` (from `snapshot`) into
-    `statistics`.
+    `statistics`, and, for a LossScaleOptimizer whose gradients overflowed (`overflow`, a
+    bool identical on all replicas, implying not `ok`), halves the loss scale.
 
     With strategies that need `merge_call` (Mirrored, MultiWorkerMirrored and TPU in graph
     mode) the condition is taken in cross-replica context, as Keras's LossScaleOptimizer
@@ -75,12 +94,14 @@ def apply_if(optimizer, ok, gradients, variables, statistics, saved):
             optimizer.iterations.assign_add(1)
             for variable, value in zip(statistics, saved):
                 variable.assign(value)
+            if overflow is not None:
+                _lower_loss_scale(optimizer, overflow)
             return tf.constant(False)
 
         tf.cond(ok, apply, skip)
         return
 
-    def cross_replica(strategy, ok, gradients, variables, saved):
+    def cross_replica(strategy, ok, gradients, variables, saved, overflow):
         def apply():
             strategy.extended.call_for_each_replica(optimizer.apply,
                                                     args=(gradients, variables))
@@ -91,12 +112,14 @@ def apply_if(optimizer, ok, gradients, variables, statistics, saved):
             for variable, value in zip(statistics, saved):
                 strategy.extended.update(variable.value, lambda v, x: v.assign(x),
                                          args=(value,), group=False)
+            if overflow is not None:
+                _lower_loss_scale(optimizer, strategy.experimental_local_results(overflow)[0])
             return tf.constant(False)
 
         tf.cond(strategy.experimental_local_results(ok)[0], apply, skip)
 
     tf.distribute.get_replica_context().merge_call(
-        cross_replica, args=(ok, gradients, variables, saved))
+        cross_replica, args=(ok, gradients, variables, saved, overflow))
 
 
 def guarded_update(optimizer, gradients, variables, terms, input_ok, statistics, saved,
@@ -106,8 +129,9 @@ def guarded_update(optimizer, gradients, variables, terms, input_ok, statistics,
     Args:
       optimizer, gradients, variables: the update (gradients already loss-scaled).
       terms: groups of tensors to check, in the model's `NONFINITE_TERMS` order minus the
-        last, "gradients" (checked here unless the loss-scale optimiser of mixed_float16
-        owns overflowing gradients). The first group is what the loss layer was given: a
+        last, "gradients" (checked here; under a LossScaleOptimizer non-finite gradients of
+        finite terms are an overflow instead: skipped, the scale halved, not counted as bad).
+        The first group is what the loss layer was given: a
         non-finite value there also zeroes its `input_ok`.
       input_ok: the loss layer's float32 verdict on its inputs (indices in range, finite).
       statistics, saved: `written_statistics` and their `snapshot` before the forward pass.
@@ -117,12 +141,16 @@ def guarded_update(optimizer, gradients, variables, terms, input_ok, statistics,
     `report` (what `loop.train_loop_function` collects): float32 "nonfinite_terms" `[T]`,
     "index_out_of_range" and "skipped"; `ok` is a bool, identical on every replica.
     """
-    check_gradients = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    bad_terms = nonfinite_flags(list(terms) + [gradients if check_gradients else []])
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    bad_terms = nonfinite_flags(list(terms) + [[] if loss_scaled else gradients])
     # input_ok is global and also 0 for non-finite inputs: what remains is an index.
     index_bad = tf.logical_and(input_ok < 1.0, bad_terms[0] == 0.0)
     ok = tf.logical_and(tf.reduce_all(bad_terms == 0.0), tf.logical_not(index_bad))
-    apply_if(optimizer, ok, gradients, variables, statistics, saved)
+    overflow = None
+    if loss_scaled:
+        overflow = tf.logical_and(ok, nonfinite_flags([gradients])[0] > 0.0)
+    apply_if(optimizer, ok if overflow is None else tf.logical_and(ok, tf.logical_not(overflow)),
+             gradients, variables, statistics, saved, overflow)
     for name, value in tracked.items():
         track_if(trackers[name], value, ok)
     skipped = 1.0 - tf.cast(ok, tf.float32)
