@@ -39,11 +39,14 @@ def free_ports(n):
             s.close()
 
 
-def start_workers(data_dir, model_dir, outputs, logs):
+def start_workers(data_dir, model_dirs, outputs, logs):
+    """One worker process per output; model_dirs: one for all, or a list of one each."""
     ports = free_ports(len(outputs))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    if not isinstance(model_dirs, list):
+        model_dirs = [model_dirs] * len(outputs)
     processes = []
-    for index, (out, log) in enumerate(zip(outputs, logs)):
+    for index, (model_dir, out, log) in enumerate(zip(model_dirs, outputs, logs)):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(
@@ -110,3 +113,30 @@ def test_two_workers_agree_with_each_other_and_with_one_process(
     # The chief wrote the final checkpoint into model_dir; the other worker into scratch.
     assert checkpoints.latest_checkpoint(str(tmp_path / "multi")).endswith(f"ckpt-{worker.STEPS}")
     assert os.path.isdir(tmp_path / "multi" / ".workers" / "worker_1")
+
+
+def test_workers_given_different_model_dirs_stop_before_training(small_fashion_mnist, tmp_path):
+    outputs = [tmp_path / f"worker_{i}.npz" for i in range(2)]
+    logs = [open(tmp_path / f"worker_{i}.log", "w") for i in range(2)]
+    model_dirs = [tmp_path / "dir_0", tmp_path / "dir_1"]
+    processes = start_workers(small_fashion_mnist, model_dirs, outputs, logs)
+    try:
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"workers still running after {TIMEOUT_SECONDS} s")
+    finally:
+        stop(processes)
+        for log in logs:
+            log.close()
+    for i, (process, model_dir) in enumerate(zip(processes, model_dirs)):
+        text = (tmp_path / f"worker_{i}.log").read_text()
+        assert process.returncode == 1, text[-3000:]
+        assert (f"ValueError: The workers were given different --model_dir (this one "
+                f"'{model_dir}'): give every worker the same --model_dir") in text, text[-3000:]
+        assert not outputs[i].exists()
+        # Nothing trained and nothing written: no checkpoint, no summaries.
+        assert not os.path.exists(model_dir) or not any(
+            name.startswith("ckpt") or name in ("train", "checkpoint")
+            for _, dirs, files in os.walk(model_dir) for name in dirs + files)

@@ -30,6 +30,7 @@ inside one `tf.function` (SimCLR's `train_multiple_steps`): one host round trip 
 import dataclasses
 import logging
 import os
+import zlib
 
 import keras
 import tensorflow as tf
@@ -158,17 +159,34 @@ def data_error(error, info, first_step, last_step, num_examples):
                       f"{last_step}: {what}: {detail}")
 
 
+def model_dir_fingerprint(model_dir):
+    """Two 16-bit halves of the CRC-32 of `model_dir` (a URL as given, a local path made
+    absolute): equal on workers given the same directory, exact in float64 squared."""
+    name = model_dir.rstrip("/") if "://" in model_dir else os.path.abspath(model_dir)
+    crc = zlib.crc32(name.encode("utf-8"))
+    return crc >> 16, crc & 0xFFFF
+
+
 def resume(model, manager, cfg, info, agree=None, verbose=1):
     """Restores the newest complete checkpoint of `cfg.run.model_dir` (the chief's, on every
     worker) into `manager.checkpoint`; returns `(step, path or None)`. With several workers
-    (`agree`, from `mean_over_replicas`), raises unless all restored the same step
+    (`agree`, from `mean_over_replicas`), raises ValueError, on every worker and before any
+    step, unless all were given the same --model_dir and restored the same step from it
     (model_dir must be shared storage)."""
     restored = checkpoints.latest_checkpoint(cfg.run.model_dir)
     if restored:
         checkpoints.restore_checkpoint(manager.checkpoint, restored, model, info)
     step = int(model.optimizer.iterations.numpy())
     if agree is not None:
-        mean_step, mean_square = agree([step, step * step])
+        high, low = model_dir_fingerprint(cfg.run.model_dir)
+        # Equal values on every worker <=> the mean of the squares is the squared mean.
+        (mean_step, mean_square, mean_high, high_square, mean_low, low_square) = agree(
+            [step, step * step, high, high * high, low, low * low])
+        if high_square != mean_high * mean_high or low_square != mean_low * mean_low:
+            raise ValueError(
+                f"The workers were given different --model_dir (this one "
+                f"{cfg.run.model_dir!r}): give every worker the same --model_dir, on "
+                f"storage all of them share.")
         if mean_square != mean_step * mean_step:
             raise ValueError(
                 f"The workers restored different steps (this one {step}, mean {mean_step}): "
