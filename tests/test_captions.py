@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_sogclr import data
@@ -100,3 +101,67 @@ def test_bad_splits_templates_and_caption_less_datasets_are_refused(small_fashio
     captioned = dataclasses.replace(unlabelled, text_features=("captions/text",))
     captions.check_pairs(captioned)  # captions alone are enough
     assert captions.caption_feature(captioned) == "captions/text"
+
+
+class OddCaptions(tfds.core.GeneratorBasedBuilder):
+    """Four images with one caption each; one caption is odd, per builder config."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name)
+                       for name in ("non_utf8", "blank", "long")]
+    ODD = {"non_utf8": b"a caf\xe9 picture", "blank": b"  ",
+           "long": " ".join(f"word{k}" for k in range(40)).encode()}
+    code_path = None
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(6, 6, 3)), "caption": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(4):
+            caption = self.ODD[self.builder_config.name] if i == 2 else f"picture {i}".encode()
+            yield i, {"image": np.full((6, 6, 3), 10 * i, np.uint8), "caption": caption}
+
+
+@pytest.mark.parametrize("odd,message", [("non_utf8", "has a caption that is not valid UTF-8"),
+                                         ("blank", "has an empty or blank caption")])
+def test_bad_captions_fail_naming_the_dataset_and_example(tmp_path, odd, message):
+    from tf_sogclr import config
+    from tf_sogclr.training import modalities
+
+    data_dir = str(tmp_path / "tfds")
+    name = f"odd_captions/{odd}"
+    OddCaptions(config=odd, data_dir=data_dir).download_and_prepare()
+    info = data.describe(name, "train", data_dir)
+    assert captions.caption_feature(info) == "caption"
+    cfg = config.BimodalConfig(data=config.DataConfig(dataset=name, data_dir=data_dir))
+    example = r"odd_captions-train.tfrecord-00000-of-00001__\d"  # TFDS shuffles on writing
+    # In the vocabulary pass, before training: a ValueError naming dataset, split and example.
+    with pytest.raises(ValueError, match=(
+            rf"dataset '{name}' split 'train': reading the training captions failed: .*"
+            rf"example\] \[{example}\] \[{message}")):
+        modalities.make_tokenizer(cfg, info)
+    # In the training batches too (a tokenizer restored from a checkpoint skips that pass).
+    tok = text_lib.TextTokenizer(32, 4, vocabulary=["picture", "0", "1", "3"])
+    augmenter = augment.SimCLRAugment(6, channels=3, color_distort=False)
+    batches = captions.pair_dataset(info, 4, tok, augmenter, data_dir=data_dir, seed=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{example}\] \[{message}"):
+        next(iter(batches))
+
+
+def test_captions_longer_than_max_text_length_are_truncated(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    OddCaptions(config="long", data_dir=data_dir).download_and_prepare()
+    info = data.describe("odd_captions/long", "train", data_dir)
+    tok = text_lib.TextTokenizer.from_texts(captions.training_captions(info, data_dir), 64, 8)
+    augmenter = augment.SimCLRAugment(6, channels=3, color_distort=False)
+    batch = next(iter(captions.pair_dataset(info, 4, tok, augmenter, data_dir=data_dir,
+                                            seed=0, deterministic=True)))
+    tokens = sorted(batch["tokens"].numpy().tolist())
+    ids = {word: tok.vocabulary.index(word) for word in ("picture", "0", "1", "3")}
+    # The 40-word caption keeps its first max_text_length = 8 words; the others are padded.
+    assert tokens == sorted([[tok.vocabulary.index(f"word{k}") for k in range(8)]] + [
+        [ids["picture"], ids[str(i)]] + [0] * 6 for i in (0, 1, 3)])

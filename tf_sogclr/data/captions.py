@@ -16,6 +16,12 @@ One row per (image, caption slot) was not chosen: it multiplies the tables by th
 per image and puts an image's other captions among its negatives in the same batch (false
 negatives).
 
+Caption checks (caption datasets): a caption that is not valid UTF-8, or empty or blank,
+fails the read with the dataset, split and example's tfds_id, in the vocabulary pass before
+training as in training. An image with no captions at all is paired with a blank caption
+(its text features are then zero). A caption longer than `max_text_length` tokens is
+truncated to its first `max_text_length` tokens by the tokenizer (`text.TextTokenizer`).
+
 Evaluation captions: a caption dataset's images keep all their captions; a templated
 dataset gives test image i the single caption `TEMPLATES[i % len(TEMPLATES)]` of its class.
 Zero-shot classification uses every template of every class (`class_prompts`).
@@ -94,6 +100,23 @@ def training_captions(info: data.DatasetInfo, data_dir: str | None = None,
     return ds.map(lambda ex: ex["captions"]).unbatch().batch(1024)
 
 
+def checked_captions(info: data.DatasetInfo, captions: tf.Tensor, tfds_id: tf.Tensor):
+    """`captions` (string `[n]`) unchanged; at run time an InvalidArgumentError naming the
+    dataset, split and example (`tfds_id`) if one is not valid UTF-8, or empty or blank."""
+    where = f"dataset {info.name} split {info.split}: example"  # Assert escapes quotes.
+    # Valid UTF-8 is exactly what transcoding with replacement leaves unchanged.
+    repaired = tf.strings.unicode_transcode(captions, "UTF-8", "UTF-8", errors="replace",
+                                            replacement_char=0xFFFD)
+    utf8 = tf.debugging.Assert(tf.reduce_all(tf.equal(repaired, captions)), [
+        where, tfds_id, "has a caption that is not valid UTF-8 (bad bytes shown as U+FFFD):",
+        repaired], summarize=4)  # The raw bytes would make the message itself undecodable.
+    words = tf.debugging.Assert(tf.reduce_all(tf.strings.length(tf.strings.strip(captions)) > 0),
+                                [where, tfds_id, "has an empty or blank caption:", captions],
+                                summarize=4)
+    with tf.control_dependencies([utf8, words]):
+        return tf.identity(captions)
+
+
 def _read_pairs(info, data_dir, shuffle_files, seed, input_context, templates,
                 decode_images=True):
     """Per image: {"image": uint8 [H, W, C], "label": int64 (-1 without labels),
@@ -113,7 +136,7 @@ def _read_pairs(info, data_dir, shuffle_files, seed, input_context, templates,
             node = example
             for part in feature.split("/"):
                 node = node[part]
-            captions = tf.reshape(node, [-1])
+            captions = checked_captions(info, tf.reshape(node, [-1]), example["tfds_id"])
         return {IMAGE_KEY: example[IMAGE_KEY], LABEL_KEY: example[LABEL_KEY],
                 "captions": captions,
                 "index": data.tfds_id_to_index(example["tfds_id"], info.shard_lengths)}

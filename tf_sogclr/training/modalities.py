@@ -27,7 +27,7 @@ from tf_sogclr.evaluation import frozen_features, zero_shot
 from tf_sogclr.export import dual_encoder as dual_encoder_export
 from tf_sogclr.export import encoder as encoder_export
 from tf_sogclr.models import dual_encoder, heads, resnet, sogclr_model, text
-from tf_sogclr.training import loop, optim
+from tf_sogclr.training import checkpoints, loop, optim
 
 _VOCABULARY_KEY_SUFFIX = "tokenizer/vocabulary_checkpoint/.ATTRIBUTES/vocabulary"
 
@@ -36,6 +36,7 @@ def _image_encoder(cfg, info, num_replicas, name):
     m = cfg.model
     return resnet.build_resnet(
         m.resnet_depth, width_multiplier=m.width_multiplier,
+        last_stage_width_multiplier=m.last_stage_width_multiplier,
         small_image_stem=m.small_image_stem, global_bn=m.global_bn and num_replicas > 1,
         batch_norm_decay=m.batch_norm_decay,
         input_shape=(cfg.data.image_size, cfg.data.image_size, info.channels), name=name)
@@ -257,9 +258,13 @@ def make_tokenizer(cfg, info, checkpoint=None):
     if vocabulary is not None:
         return text.TextTokenizer(cfg.text.vocab_size, cfg.text.max_text_length,
                                   vocabulary=vocabulary, name="tokenizer")
-    return text.TextTokenizer.from_texts(
-        captions.training_captions(info, cfg.data.data_dir), cfg.text.vocab_size,
-        cfg.text.max_text_length, name="tokenizer")
+    try:
+        return text.TextTokenizer.from_texts(
+            captions.training_captions(info, cfg.data.data_dir), cfg.text.vocab_size,
+            cfg.text.max_text_length, name="tokenizer")
+    except tf.errors.InvalidArgumentError as error:  # captions.checked_captions
+        raise ValueError(f"dataset {info.name!r} split {info.split!r}: reading the training "
+                         f"captions failed: {checkpoints.first_line(error)}") from error
 
 
 class Bimodal(Modality):
