@@ -9,10 +9,6 @@ flags.DEFINE_integer("resnet_depth", ModelConfig.resnet_depth,
                      f"ResNet depth: one of {', '.join(map(str, config.RESNET_DEPTHS))}.")
 flags.DEFINE_float("width_multiplier", ModelConfig.width_multiplier,
                    "ResNet width multiplier; fractions allowed (0.125: 8 channels in stage 1).")
-flags.DEFINE_float("last_stage_width_multiplier", ModelConfig.last_stage_width_multiplier,
-                   "Width multiplier of the last ResNet stage alone (default: "
-                   "--width_multiplier); it sets the feature dimension (512 x it for "
-                   "ResNet-18/34).")
 flags.DEFINE_bool("small_image_stem", ModelConfig.small_image_stem,
                   "3x3 stride-1 stem without max-pool, for 28-32 px images (SimCLR CIFAR).")
 flags.DEFINE_enum("proj_head_mode", ModelConfig.proj_head_mode, config.PROJECTION_HEAD_MODES,

@@ -60,9 +60,3 @@ def test_bad_bimodal_configs_name_the_flag():
     with pytest.raises(ValueError, match=r"--temperature must be in \(0.005, 1.0\)"):
         dataclasses.replace(cfg, loss=config.LossConfig(temperature=2.0),
                             text=config.TextConfig(learnable_temperature=True)).validate()
-
-
-def test_a_bad_last_stage_width_names_the_flag():
-    assert config.ModelConfig(last_stage_width_multiplier=0.5).validate()
-    with pytest.raises(ValueError, match="--last_stage_width_multiplier"):
-        config.ModelConfig(last_stage_width_multiplier=0.0).validate()

@@ -335,26 +335,3 @@ def test_jit_compiled_train_step_matches_eager():
     assert np.isfinite(loss.numpy()) and loss.numpy() > 0
     assert np.any(kernel.numpy() != kernel_before)
     assert np.any(model.get_layer("stem_batch_norm").moving_mean.numpy() != 0)
-
-
-@pytest.mark.parametrize("depth", [18, 50])
-def test_a_wider_last_stage_widens_the_features_alone(depth):
-    narrow = resnet.build_resnet(depth, TINY, input_shape=(16, 16, 1))
-    wide = resnet.build_resnet(depth, TINY, input_shape=(16, 16, 1),
-                               last_stage_width_multiplier=4 * TINY)
-    dim = resnet.feature_dim(depth, TINY, last_stage_width_multiplier=4 * TINY)
-    assert dim == 4 * resnet.feature_dim(depth, TINY)
-    assert wide.output.shape == (None, dim)
-    # Stem and block groups 1-3 keep their shapes; only group 4's kernels grow.
-    shapes = {w.path: tuple(w.shape) for w in narrow.weights}
-    for weight in wide.weights:
-        if "block_group4" in weight.path:
-            assert np.prod(weight.shape) > np.prod(shapes[weight.path]), weight.path
-        else:
-            assert tuple(weight.shape) == shapes[weight.path], weight.path
-    features = wide(np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype(np.float32))
-    assert features.shape == (2, dim) and np.all(np.isfinite(features))
-    with pytest.raises(ValueError, match="last_stage_width_multiplier must be None or a finite"):
-        resnet.feature_dim(depth, TINY, last_stage_width_multiplier=0.0)
-    with pytest.raises(ValueError, match="last_stage_width_multiplier must be None or a finite"):
-        resnet.build_resnet(depth, TINY, last_stage_width_multiplier=float("nan"))

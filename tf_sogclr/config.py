@@ -75,7 +75,6 @@ class ModelConfig:
 
     resnet_depth: int = 18
     width_multiplier: float = 0.125
-    last_stage_width_multiplier: float | None = None  # None: width_multiplier
     small_image_stem: bool = True
     global_bn: bool = True
     batch_norm_decay: float = 0.9
@@ -88,9 +87,6 @@ class ModelConfig:
     def validate(self):
         checks.choice("--resnet_depth", self.resnet_depth, RESNET_DEPTHS)
         checks.in_range("--width_multiplier", self.width_multiplier, 0.0, 64.0, low_open=True)
-        if self.last_stage_width_multiplier is not None:
-            checks.in_range("--last_stage_width_multiplier", self.last_stage_width_multiplier,
-                            0.0, 64.0, low_open=True)
         checks.in_range("--batch_norm_decay", self.batch_norm_decay, 0.0, 1.0, high_open=True)
         checks.choice("--proj_head_mode", self.proj_head_mode, PROJECTION_HEAD_MODES)
         checks.positive_int("--proj_out_dim", self.proj_out_dim)

@@ -90,18 +90,15 @@ def batch_norm_layer(name, batch_norm_decay=0.9, global_bn=False, center=True,
     )
 
 
-def feature_dim(depth, width_multiplier=1.0, last_stage_width_multiplier=None):
-    """Size of the pooled features of `build_resnet(depth, width_multiplier,
-    last_stage_width_multiplier=...)`.
+def feature_dim(depth, width_multiplier=1.0):
+    """Size of the pooled features of `build_resnet(depth, width_multiplier)`.
 
-    That is `round(512 * w)` with w the last stage's multiplier (`last_stage_width_multiplier`,
-    or `width_multiplier` when None), times 4 for bottleneck depths (50, 101, 152).
+    That is `round(512 * width_multiplier)`, times 4 for bottleneck depths (50, 101, 152).
     """
     _check_depth(depth)
     _check_width(width_multiplier)
-    last = _last_stage_width(width_multiplier, last_stage_width_multiplier)
     bottleneck, _ = _LAYOUTS[depth]
-    channels = _scaled(_GROUP_FILTERS[-1], last)
+    channels = _scaled(_GROUP_FILTERS[-1], width_multiplier)
     return channels * _BOTTLENECK_EXPANSION if bottleneck else channels
 
 
@@ -113,20 +110,15 @@ def build_resnet(
     batch_norm_decay=0.9,
     fine_tune_after_block=-1,
     input_shape=None,
-    last_stage_width_multiplier=None,
     name="resnet",
 ):
     """Build a ResNet v1 encoder: images `[batch, H, W, C]` -> features `[batch, feature_dim]`.
 
     `fine_tune_after_block` k freezes the stem (k >= 0) and block groups 1..k (non-trainable
     variables, batch norm in inference mode, stop_gradient on their output); -1 trains all.
-    `last_stage_width_multiplier` (None: `width_multiplier`) widens block group 4 alone: more
-    feature dimensions for a small encoder at the cost of its cheapest stage (the one with the
-    fewest positions), which is what a linear probe on the features needs.
     """
     _check_depth(depth)
     _check_width(width_multiplier)
-    last_stage = _last_stage_width(width_multiplier, last_stage_width_multiplier)
     _check_bool("small_image_stem", small_image_stem)
     _check_bool("global_bn", global_bn)
     if (
@@ -171,8 +163,7 @@ def build_resnet(
         zip(blocks_per_group, _GROUP_FILTERS), start=1
     ):
         trainable = fine_tune_after_block < group
-        filters = _scaled(filters, last_stage if group == len(_GROUP_FILTERS)
-                          else width_multiplier)
+        filters = _scaled(filters, width_multiplier)
         for block in range(num_blocks):
             x = block_fn(
                 builder,
@@ -286,17 +277,6 @@ def _bottleneck_block(builder, x, filters, strides, prefix, trainable):
 
 def _scaled(channels, width_multiplier):
     return max(1, int(round(channels * width_multiplier)))
-
-
-def _last_stage_width(width_multiplier, last_stage_width_multiplier):
-    if last_stage_width_multiplier is None:
-        return width_multiplier
-    try:
-        _check_width(last_stage_width_multiplier)
-    except ValueError:
-        raise ValueError("last_stage_width_multiplier must be None or a finite number > 0, "
-                         f"got {last_stage_width_multiplier!r}.") from None
-    return last_stage_width_multiplier
 
 
 def _check_depth(depth):

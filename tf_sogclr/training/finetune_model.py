@@ -109,7 +109,6 @@ def load_pretrained(pretrain_cfg, checkpoint, info):
         raise ValueError(
             f"--checkpoint={checkpoint} does not hold the encoder and projection head of "
             f"--resnet_depth={m.resnet_depth} --width_multiplier={m.width_multiplier} "
-            f"--last_stage_width_multiplier={m.last_stage_width_multiplier} "
             f"--small_image_stem={m.small_image_stem} --proj_head_mode={m.proj_head_mode} "
             f"--num_proj_layers={m.num_proj_layers} --proj_out_dim={m.proj_out_dim} on "
             f"{info.channels}-channel images: {problem}")
@@ -151,7 +150,6 @@ def build_finetune_model(pretrain_cfg, finetune_cfg, source, info, num_replicas=
         pretrained = load_pretrained(pretrain_cfg, source.path, info)
         encoder = resnet.build_resnet(
             m.resnet_depth, width_multiplier=m.width_multiplier,
-            last_stage_width_multiplier=m.last_stage_width_multiplier,
             small_image_stem=m.small_image_stem, global_bn=global_bn,
             batch_norm_decay=m.batch_norm_decay, fine_tune_after_block=after_block,
             input_shape=(size, size, channels), name=ENCODER_NAME)
