@@ -56,10 +56,6 @@ LEVERS = {
     # The same combination at the default width: the epochs the narrower encoder buys.
     "candidate_16px_jitter1_12ep": ["--image_size=16", "--color_jitter_strength=1.0",
                                     "--train_epochs=12"],
-    # 12 epochs at 64-d end with the probe underfitting (train 80.3%): more feature
-    # dimensions from the last stage alone (256-d), the stage with the fewest positions.
-    "candidate_16px_last0.5_jitter1_6ep": ["--image_size=16", "--last_stage_width_multiplier=0.5",
-                                           "--color_jitter_strength=1.0", "--train_epochs=6"],
 }
 
 
