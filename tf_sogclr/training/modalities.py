@@ -36,7 +36,6 @@ def _image_encoder(cfg, info, num_replicas, name):
     m = cfg.model
     return resnet.build_resnet(
         m.resnet_depth, width_multiplier=m.width_multiplier,
-        last_stage_width_multiplier=m.last_stage_width_multiplier,
         small_image_stem=m.small_image_stem, global_bn=m.global_bn and num_replicas > 1,
         batch_norm_decay=m.batch_norm_decay,
         input_shape=(cfg.data.image_size, cfg.data.image_size, info.channels), name=name)
