@@ -120,6 +120,11 @@ def test_readme_fine_tune_with_tfsm_layer(export_path, dataset):
          {"export_path": export_path, "dataset": dataset})
 
 
+def test_readme_fine_tune_with_tf_hub(export_path, dataset):
+    exec(readme_snippet("fine_tune_with_tf_hub"),
+         {"export_path": export_path, "dataset": dataset})
+
+
 def test_reload_gives_the_in_memory_outputs(exported):
     model, path = exported
     images = random_images()
@@ -360,3 +365,37 @@ def test_export_and_reload_give_the_same_embeddings(tmp_path):
         export.export_dual_encoder(model, str(tmp_path / "x"), tiny.IMAGE_SHAPE)
     with pytest.raises(ValueError, match="not a complete SavedModel"):
         export.LoadedDualEncoder(base)
+
+
+def test_tf_hub_fine_tunes_the_export_as_a_reusable_saved_model(exported, dataset):
+    """SimCLR TF2's way: `hub.KerasLayer(path, trainable=True)` in a tf-keras model."""
+    import tensorflow_hub as hub  # test-only: requirements-test.txt
+    import tf_keras
+
+    model, path = exported
+    images = random_images()
+    loaded = tf.saved_model.load(path)
+    # The Reusable SavedModel API: a callable root taking `training`, variable lists,
+    # regularization_losses; the root returns the features.
+    np.testing.assert_allclose(loaded(images, training=False),
+                               model.encoder(images, training=False), atol=1e-5)
+    assert not np.allclose(loaded(images, training=True), loaded(images, training=False),
+                           atol=1e-3)
+    assert list(loaded.regularization_losses) == []
+    layer = hub.KerasLayer(path, trainable=True)
+    classifier = tf_keras.Sequential([tf_keras.Input(IMAGE_SHAPE), layer,
+                                      tf_keras.layers.Dense(10)])
+    classifier.compile(optimizer=tf_keras.optimizers.SGD(0.1),
+                       loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    encoder_kernels = [v for v in layer.trainable_weights if "block_group" in v.name]
+    assert encoder_kernels
+    # The root runs the encoder alone; the heads' variables are listed but get no gradient.
+    moving = [v for v in layer.non_trainable_weights
+              if "moving_mean" in v.name and "projection_head" not in v.name]
+    assert len(moving) == len([w for w in model.encoder.weights if "moving_mean" in w.path])
+    before = [v.numpy() for v in encoder_kernels + moving]
+    classifier.fit(dataset, epochs=1, verbose=0)
+    after = [v.numpy() for v in encoder_kernels + moving]
+    changed = [not np.array_equal(b, a) for b, a in zip(before, after)]
+    assert all(changed[len(encoder_kernels):])  # batch norm ran in training mode
+    assert any(changed[:len(encoder_kernels)])  # and fit trained the encoder's weights

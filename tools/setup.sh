@@ -18,3 +18,9 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r requireme
   echo "setup: pip install -r requirements.txt failed" >&2
   exit 1
 fi
+# Test-only packages, without their dependencies (see requirements-test.txt).
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    -r requirements-test.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); then
+  echo "setup: pip install --no-deps -r requirements-test.txt failed" >&2
+  exit 1
+fi

@@ -7,7 +7,15 @@
     serve_training(images)  -> the same dict in training mode: batch norm uses batch statistics
                                and updates its moving averages (TFSMLayer's training endpoint)
     features(images)        -> pooled encoder features `[b, f]`, inference mode
+    __call__(images, training=False) -> the features `[b, f]`; training=True uses batch
+                               statistics and updates the moving averages
     variables, trainable_variables, non_trainable_variables   (lists of tf.Variable)
+    regularization_losses   (empty: weight decay lives in the optimiser)
+
+The callable root, the variable lists and `regularization_losses` are TF Hub's Reusable
+SavedModel API, so `hub.KerasLayer(path, trainable=True)` fine-tunes the encoder inside a
+tf-keras model. The root returns the features alone, as TF Hub's image feature-vector models
+do (SimCLR TF2's hub module returns a dict; here the dict is the `serve` endpoint).
 
 `images` are float32 `[b, H, W, C]` in [0, 1]; every output is float32 (also under mixed
 precision). "projection" and "logits" are there only when the model has those heads. Trainable
@@ -170,9 +178,17 @@ def _export_module(model, image_shape, include_projection, include_logits):
     module.variables = [v for p in parts for v in p.variables]
     module.trainable_variables = [v for p in parts for v in p.trainable_variables]
     module.non_trainable_variables = [v for p in parts for v in p.non_trainable_variables]
+    module.regularization_losses = []
     for name, fn in ((SERVE_ENDPOINT, serve), (TRAINING_ENDPOINT, serve_training),
                      (FEATURES_ENDPOINT, features)):
         function = tf.function(fn, input_signature=spec, autograph=False)
         function.get_concrete_function()  # Trace now: errors before anything is written.
         setattr(module, name, function)
+
+    def call(images, training=False):
+        return tf.cast(encoder(images, training=training), tf.float32)
+
+    module.__call__ = tf.function(call, autograph=False)
+    for training in (False, True):  # TF Hub calls it with a Python bool.
+        module.__call__.get_concrete_function(spec[0], training=training)
     return module
