@@ -40,7 +40,8 @@ def free_ports(n):
 
 
 def start_workers(data_dir, model_dirs, outputs, logs):
-    """One worker process per output; model_dirs: one for all, or a list of one each."""
+    """One worker process per output; model_dirs: one for all, or a list of one each.
+    Returns the processes and their ports."""
     ports = free_ports(len(outputs))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     if not isinstance(model_dirs, list):
@@ -53,7 +54,7 @@ def start_workers(data_dir, model_dirs, outputs, logs):
             [sys.executable, os.path.join(HERE, "multi_worker_worker.py"), data_dir,
              str(model_dir), str(out)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    return processes
+    return processes, ports
 
 
 def stop(processes):
@@ -65,12 +66,13 @@ def stop(processes):
 
 def test_two_workers_agree_with_each_other_and_with_one_process(
         small_fashion_mnist, tmp_path, mirrored_strategy):
+    from tf_sogclr import distribute
     from tf_sogclr.training import checkpoints
     from tf_sogclr.training import lifecycle
 
     outputs = [tmp_path / f"worker_{i}.npz" for i in range(2)]
     logs = [open(tmp_path / f"worker_{i}.log", "w") for i in range(2)]
-    processes = start_workers(small_fashion_mnist, tmp_path / "multi", outputs, logs)
+    processes, ports = start_workers(small_fashion_mnist, tmp_path / "multi", outputs, logs)
     try:
         # Meanwhile, the single-process reference on the same global batches.
         cfg = worker.tiny_config(small_fashion_mnist, tmp_path / "single")
@@ -89,13 +91,23 @@ def test_two_workers_agree_with_each_other_and_with_one_process(
     for i, process in enumerate(processes):
         assert process.returncode == 0, (tmp_path / f"worker_{i}.log").read_text()[-3000:]
 
-    # Each worker says how it ran: two workers of one replica each form the global batch.
-    for out in outputs:
-        assert json.loads(open(f"{out}.json").read()) == {
+    # Each worker says how it ran: two workers of one replica each form the global batch,
+    # and where its gRPC server listens: on every interface, whatever TF_CONFIG names, so a
+    # host with a network address exposes it there (and the run warns).
+    address = distribute.primary_address()
+    for i, (out, port) in enumerate(zip(outputs, ports)):
+        exposed = (f"{address}:{port}" if address and not address.startswith("127.")
+                   else None)
+        described = json.loads(open(f"{out}.json").read())
+        assert described == {
             "strategy": "MultiWorkerMirroredStrategy", "workers": 2, "replicas": 2,
             "global_batch_size": worker.GLOBAL_BATCH,
             "per_replica_batch_size": worker.GLOBAL_BATCH // 2, "xla": False,
-            "mixed_precision": "float32"}
+            "mixed_precision": "float32", "listening": f"0.0.0.0:{port}",
+            "exposed_at": exposed}
+        assert distribute.format_run(described).endswith(f", gRPC server on 0.0.0.0:{port}")
+        log = (tmp_path / f"worker_{i}.log").read_text()
+        assert (exposed is not None) == (f"accepts connections at {exposed}" in log), log[-2000:]
     assert result.distribution["workers"] == 1 and result.distribution["replicas"] == 2
     first, second = (np.load(out) for out in outputs)
     single = np.load(tmp_path / "single.npz")
@@ -119,7 +131,7 @@ def test_workers_given_different_model_dirs_stop_before_training(small_fashion_m
     outputs = [tmp_path / f"worker_{i}.npz" for i in range(2)]
     logs = [open(tmp_path / f"worker_{i}.log", "w") for i in range(2)]
     model_dirs = [tmp_path / "dir_0", tmp_path / "dir_1"]
-    processes = start_workers(small_fashion_mnist, model_dirs, outputs, logs)
+    processes, _ = start_workers(small_fashion_mnist, model_dirs, outputs, logs)
     try:
         deadline = time.monotonic() + TIMEOUT_SECONDS
         for process in processes:

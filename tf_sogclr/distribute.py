@@ -6,6 +6,10 @@ replica), inside `strategy.run` of any `tf.distribute` strategy (Mirrored, TPU,
 MultiWorkerMirrored), and under `jit_compile=True` on one device.
 """
 
+import json
+import os
+import socket
+
 import tensorflow as tf
 
 
@@ -95,12 +99,63 @@ _PUBLIC_STRATEGIES = ((tf.distribute.TPUStrategy, "TPUStrategy"),
                       (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy"))
 
 
+def primary_address():
+    """This host's IPv4 address on its default route (no packet is sent), or None."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.255", 9))  # Any routable address: connect() only routes.
+        return probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+
+
+def server_exposure(strategy):
+    """Where this worker's gRPC server listens, for strategies that start one.
+
+    TensorFlow's distributed runtime binds `0.0.0.0:<port>` of the TF_CONFIG task address
+    (hard-coded in its gRPC server; no option binds one address) and has no authentication.
+    Returns {} for single-process strategies, else {"listening": "0.0.0.0:<port>",
+    "exposed_at": "<address>:<port>" when the server accepts a TCP connection at this host's
+    non-loopback address (`primary_address`), else None}.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return {}
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    try:
+        port = int(strategy.cluster_resolver.cluster_spec().task_address(
+            task.get("type", "worker"), int(task.get("index", 0))).rsplit(":", 1)[1])
+    except (ValueError, KeyError, IndexError):
+        return {}
+    address = primary_address()
+    exposed = None
+    if address and not address.startswith("127."):
+        try:
+            with socket.create_connection((address, port), timeout=2.0):
+                exposed = f"{address}:{port}"
+        except OSError:
+            pass
+    return {"listening": f"0.0.0.0:{port}", "exposed_at": exposed}
+
+
+def exposure_warning(description):
+    """A warning line when `describe_run`'s server is reachable beyond loopback, else None."""
+    if not description.get("exposed_at"):
+        return None
+    return (f"Warning: this worker's TensorFlow gRPC server listens on "
+            f"{description['listening']} without authentication and accepts connections at "
+            f"{description['exposed_at']}: whoever reaches that port can run operations in "
+            "this process. Run the cluster only on a trusted, firewalled network.")
+
+
 def describe_run(strategy, global_batch_size, jit_compile, mixed_precision):
     """How a run is distributed, as the start-up line and the run summary report it.
 
     Returns {"strategy": its public name ("DefaultStrategy": one device, no strategy),
     "workers", "replicas", "global_batch_size", "per_replica_batch_size", "xla": bool (always
-    on TPU), "mixed_precision": policy name}.
+    on TPU), "mixed_precision": policy name}, plus `server_exposure`'s "listening" and
+    "exposed_at" with several workers.
     """
     replicas = strategy.num_replicas_in_sync
     tpu = isinstance(strategy, tf.distribute.TPUStrategy)
@@ -112,7 +167,8 @@ def describe_run(strategy, global_batch_size, jit_compile, mixed_precision):
             "replicas": replicas, "global_batch_size": int(global_batch_size),
             "per_replica_batch_size": int(global_batch_size) // replicas,
             "xla": bool(jit_compile or tpu),
-            "mixed_precision": "float32" if mixed_precision == "none" else mixed_precision}
+            "mixed_precision": "float32" if mixed_precision == "none" else mixed_precision,
+            **server_exposure(strategy)}
 
 
 def format_run(description):
@@ -122,4 +178,5 @@ def format_run(description):
     return (f"Run: {d['strategy']}, {plural(d['workers'], 'worker')}, "
             f"{plural(d['replicas'], 'replica')}, global batch {d['global_batch_size']} "
             f"({d['per_replica_batch_size']} per replica), XLA {'on' if d['xla'] else 'off'}, "
-            f"precision {d['mixed_precision']}")
+            f"precision {d['mixed_precision']}"
+            + (f", gRPC server on {d['listening']}" if d.get("listening") else ""))

@@ -236,6 +236,8 @@ def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
                                            cfg.run.jit_compile, cfg.run.mixed_precision)
     run_line = distribute.format_run(distribution)
     logger.info(run_line)
+    if distribute.exposure_warning(distribution):
+        logger.warning(distribute.exposure_warning(distribution))
     with writer.as_default(step=step):
         tf.summary.text("run", run_line)
     logs, progbar, saved_step = {}, None, step if restored else None
