@@ -64,6 +64,21 @@ def stop(processes):
         process.wait(timeout=30)
 
 
+def finish(processes, logs):
+    """Waits for the workers (failing the test after TIMEOUT_SECONDS), then kills whatever
+    is left and closes the logs, whatever happens."""
+    try:
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        for process in processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"workers still running after {TIMEOUT_SECONDS} s")
+    finally:
+        stop(processes)
+        for log in logs:
+            log.close()
+
+
 def test_two_workers_agree_with_each_other_and_with_one_process(
         small_fashion_mnist, tmp_path, mirrored_strategy):
     from tf_sogclr import distribute
@@ -79,15 +94,8 @@ def test_two_workers_agree_with_each_other_and_with_one_process(
         result = lifecycle.pretrain(cfg, strategy=mirrored_strategy, verbose=0,
                                 dataset_fn=worker.dataset_fn(small_fashion_mnist))
         worker.dump(result, tmp_path / "single.npz")
-        deadline = time.monotonic() + TIMEOUT_SECONDS
-        for process in processes:
-            process.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"workers still running after {TIMEOUT_SECONDS} s")
     finally:
-        stop(processes)
-        for log in logs:
-            log.close()
+        finish(processes, logs)
     for i, process in enumerate(processes):
         assert process.returncode == 0, (tmp_path / f"worker_{i}.log").read_text()[-3000:]
 
@@ -132,16 +140,7 @@ def test_workers_given_different_model_dirs_stop_before_training(small_fashion_m
     logs = [open(tmp_path / f"worker_{i}.log", "w") for i in range(2)]
     model_dirs = [tmp_path / "dir_0", tmp_path / "dir_1"]
     processes, _ = start_workers(small_fashion_mnist, model_dirs, outputs, logs)
-    try:
-        deadline = time.monotonic() + TIMEOUT_SECONDS
-        for process in processes:
-            process.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"workers still running after {TIMEOUT_SECONDS} s")
-    finally:
-        stop(processes)
-        for log in logs:
-            log.close()
+    finish(processes, logs)
     for i, (process, model_dir) in enumerate(zip(processes, model_dirs)):
         text = (tmp_path / f"worker_{i}.log").read_text()
         assert process.returncode == 1, text[-3000:]
