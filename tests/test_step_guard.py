@@ -150,9 +150,9 @@ def test_a_loss_scale_overflow_is_skipped_and_settles_without_bad_steps(policy, 
         assert float(logs["nonfinite_steps"]) == 0 and np.isfinite(float(logs["contrastive_loss"]))
         if kernel.path not in changed:
             # An overflow: weights, slots and batch-norm statistics keep their values; the
-            # counter and the scale move (its growth count restarts), and the u-table keeps the forward pass's write (a
-            # moving average of the loss at the unchanged weights, which the overflow in the
-            # backward pass does not touch).
+            # counter and the scale move (its growth count restarts), and the u-table keeps
+            # the forward pass's write (a moving average of the loss at the unchanged
+            # weights, which the overflow in the backward pass does not touch).
             assert loss_scaled, f"step {step} was not applied under {policy}"
             skipped_overflows += 1
             moved = {model.optimizer.iterations.path, model.optimizer.dynamic_scale.path,

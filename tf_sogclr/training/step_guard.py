@@ -15,9 +15,9 @@ step is skipped in the same way (only `iterations` advances, the statistics are 
 and the loss scale halves, as the LossScaleOptimizer itself would do; but it is no bad step:
 neither `bad_steps` nor the report counts it. The u-table keeps the step's write: its rows
 are moving averages of the loss at the unchanged weights, computed in the forward pass,
-which an overflow in the backward pass does not touch. (Left to the LossScaleOptimizer alone, an
-overflow would not advance `iterations`, and the schedule and checkpoint numbers would fall
-behind the steps taken; its verdict would also be the first replica's, not every replica's.)
+which an overflow in the backward pass does not touch. (Left to the LossScaleOptimizer
+alone, an overflow would not advance `iterations`, and the schedule and checkpoint numbers
+would fall behind the steps taken; its verdict would also be the first replica's alone.)
 """
 
 import keras
@@ -79,7 +79,8 @@ def apply_if(optimizer, ok, gradients, variables, statistics, saved, overflow=No
     """Applies `gradients` to `variables` when `ok` (a bool identical on all replicas); else
     only advances `optimizer.iterations` and puts back `saved` (from `snapshot`) into
     `statistics`, and, for a LossScaleOptimizer whose gradients overflowed (`overflow`, a
-    bool identical on all replicas, implying not `ok`), halves the loss scale.
+    bool identical on all replicas; the caller then passes `ok` False), halves the loss
+    scale.
 
     With strategies that need `merge_call` (Mirrored, MultiWorkerMirrored and TPU in graph
     mode) the condition is taken in cross-replica context, as Keras's LossScaleOptimizer
@@ -131,8 +132,8 @@ def guarded_update(optimizer, gradients, variables, terms, input_ok, statistics,
       terms: groups of tensors to check, in the model's `NONFINITE_TERMS` order minus the
         last, "gradients" (checked here; under a LossScaleOptimizer non-finite gradients of
         finite terms are an overflow instead: skipped, the scale halved, not counted as bad).
-        The first group is what the loss layer was given: a
-        non-finite value there also zeroes its `input_ok`.
+        The first group is what the loss layer was given: a non-finite value there also
+        zeroes its `input_ok`.
       input_ok: the loss layer's float32 verdict on its inputs (indices in range, finite).
       statistics, saved: `written_statistics` and their `snapshot` before the forward pass.
       trackers: the model's metrics by name, with Sum metrics "bad_steps" and
@@ -142,13 +143,14 @@ def guarded_update(optimizer, gradients, variables, terms, input_ok, statistics,
     "index_out_of_range" and "skipped"; `ok` is a bool, identical on every replica.
     """
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    bad_terms = nonfinite_flags(list(terms) + [[] if loss_scaled else gradients])
+    bad_terms = nonfinite_flags(list(terms) + [gradients])  # one collective for all
+    gradients_bad = bad_terms[-1] > 0.0
+    if loss_scaled:  # Non-finite gradients are an overflow, not a bad term.
+        bad_terms = tf.concat([bad_terms[:-1], [0.0]], 0)
     # input_ok is global and also 0 for non-finite inputs: what remains is an index.
     index_bad = tf.logical_and(input_ok < 1.0, bad_terms[0] == 0.0)
     ok = tf.logical_and(tf.reduce_all(bad_terms == 0.0), tf.logical_not(index_bad))
-    overflow = None
-    if loss_scaled:
-        overflow = tf.logical_and(ok, nonfinite_flags([gradients])[0] > 0.0)
+    overflow = tf.logical_and(ok, gradients_bad) if loss_scaled else None
     apply_if(optimizer, ok if overflow is None else tf.logical_and(ok, tf.logical_not(overflow)),
              gradients, variables, statistics, saved, overflow)
     for name, value in tracked.items():
