@@ -254,9 +254,6 @@ def main(argv):
     distribution = distribute.describe_run(strategy, FLAGS.train_batch_size, cfg.run.jit_compile,
                                            cfg.run.mixed_precision)
     print(distribute.format_run(distribution), flush=True)
-    exposure = distribute.exposure_warning(distribution)
-    if exposure:
-        print(exposure, file=sys.stderr, flush=True)
 
     summary = {"model_dir": cfg.run.model_dir, "modality": modality.name,
                "distribution": distribution}

@@ -6,8 +6,6 @@ replica), inside `strategy.run` of any `tf.distribute` strategy (Mirrored, TPU,
 MultiWorkerMirrored), and under `jit_compile=True` on one device.
 """
 
-import json
-import os
 import socket
 
 import tensorflow as tf
@@ -122,10 +120,10 @@ def server_exposure(strategy):
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return {}
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    resolver = strategy.cluster_resolver
     try:
-        port = int(strategy.cluster_resolver.cluster_spec().task_address(
-            task.get("type", "worker"), int(task.get("index", 0))).rsplit(":", 1)[1])
+        port = int(resolver.cluster_spec().task_address(
+            resolver.task_type, resolver.task_id).rsplit(":", 1)[1])
     except (ValueError, KeyError, IndexError):
         return {}
     address = primary_address()
