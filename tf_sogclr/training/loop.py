@@ -20,6 +20,8 @@ inside one `tf.function` (SimCLR's `train_multiple_steps`): one host round trip 
 * SIGTERM (preemption) makes `run_schedule` save at the next execution boundary (at most
   `steps_per_execution` steps later) and return with `preempted=True`; with several workers,
   they agree on the step first;
+* a worker that dies or freezes mid-run stops the others within TensorFlow's heartbeat
+  timeout with `preemption.WorkerLostError` naming it, the step and the newest checkpoint;
 * a step with a non-finite loss term, projection or gradient is never applied
   (`step_guard`); `nonfinite_policy` "stop" raises `FloatingPointError` naming the step,
   the terms and the last good checkpoint, "skip" logs a warning and goes on;
@@ -251,7 +253,10 @@ def run_schedule(model, dataset, cfg, info, strategy, verbose=1):
                               summary_dir=summary_dir, model=model, preempted=preempted,
                               distribution=distribution)
 
-    with preemption.SigtermWatch() as sigterm:  # Before the input pipeline starts prefetching.
+    # SIGTERM is watched before the input pipeline starts prefetching; a lost peer becomes a
+    # WorkerLostError naming it, the step and the newest checkpoint.
+    with preemption.SigtermWatch() as sigterm, preemption.peers_watched(
+            strategy, cfg.run.model_dir, lambda: step):
         iterator = iter(dataset)
         while step < schedule.total_steps:
             epoch, in_epoch = divmod(step, schedule.steps_per_epoch)
