@@ -399,3 +399,37 @@ def test_tf_hub_fine_tunes_the_export_as_a_reusable_saved_model(exported, datase
     changed = [not np.array_equal(b, a) for b, a in zip(before, after)]
     assert all(changed[len(encoder_kernels):])  # batch norm ran in training mode
     assert any(changed[:len(encoder_kernels)])  # and fit trained the encoder's weights
+
+
+def test_tf_hub_fine_tunes_each_dual_encoder_tower(tmp_path):
+    """Each tower is a Reusable SavedModel object: `hub.KerasLayer(tower, trainable=True)`."""
+    import tensorflow_hub as hub  # test-only: requirements-test.txt
+    import tf_keras
+
+    model = tiny.dual_encoder("sogclr")
+    path = export.export_dual_encoder(model, str(tmp_path / "dual"), tiny.IMAGE_SHAPE)
+    loaded = hub.load(path)
+    images = np.random.default_rng(3).uniform(size=(6, *tiny.IMAGE_SHAPE)).astype(np.float32)
+    texts = tf.constant(["a photo of a dog.", "a cat", "A DOG", "never seen words", "", "cat"])
+    labels = np.array([0, 1, 0, 2, 2, 1])
+    towers = [(export.IMAGE_TOWER, images, model.encode_image(images), tf.float32,
+               tiny.IMAGE_SHAPE, [model.image_encoder, model.image_head]),
+              (export.TEXT_TOWER, texts, model.encode_text(texts), tf.string, (),
+               [model.text_encoder, model.text_head])]
+    for name, inputs, embeddings, dtype, shape, parts in towers:
+        tower = getattr(loaded, name)
+        np.testing.assert_allclose(tower(inputs, training=False), embeddings, atol=1e-5,
+                                   err_msg=name)
+        assert list(tower.regularization_losses) == []
+        layer = hub.KerasLayer(tower, trainable=True)
+        classifier = tf_keras.Sequential([tf_keras.Input(shape, dtype=dtype), layer,
+                                          tf_keras.layers.Dense(3)])
+        classifier.compile(optimizer=tf_keras.optimizers.SGD(0.5),
+                           loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        # The tower's own variables, and only those, are trained.
+        assert len(layer.trainable_weights) == sum(len(p.trainable_weights) for p in parts) > 0
+        before = [v.numpy() for v in layer.trainable_weights]
+        classifier.fit(inputs, labels, batch_size=6, epochs=2, verbose=0)
+        changed = [not np.array_equal(b, v.numpy())
+                   for b, v in zip(before, layer.trainable_weights)]
+        assert sum(changed) > len(changed) // 2, (name, changed)

@@ -2,16 +2,22 @@
 
 The export holds two signatures, `encode_image` (float32 images in [0, 1]) and `encode_text`
 (raw strings, through the tokenizer saved inside), both giving unit embeddings, and the
-temperature. Atomic writes and rotation: `export.saved_model`.
+temperature. Each tower is also an object of TF Hub's Reusable SavedModel API
+(`export.reusable`), `image_tower` and `text_tower`: `__call__(inputs, training=False)` -> the
+unit embeddings, with the tower's variables, so
+`hub.KerasLayer(hub.load(path).image_tower, trainable=True)` fine-tunes it in a tf-keras
+model (the root is not callable: it holds two towers). Atomic writes and rotation:
+`export.saved_model`.
 """
 
 import tensorflow as tf
 
 from tf_sogclr import checks
-from tf_sogclr.export import saved_model
+from tf_sogclr.export import reusable, saved_model
 
 
 ENCODE_IMAGE, ENCODE_TEXT = "encode_image", "encode_text"
+IMAGE_TOWER, TEXT_TOWER = "image_tower", "text_tower"
 
 
 def _export_module(model, image_shape):
@@ -21,21 +27,31 @@ def _export_module(model, image_shape):
         raise ValueError("model must be built before export.")
     parts = [model.image_encoder, model.image_head, model.text_encoder, model.text_head]
 
+    def unit(projection):
+        return tf.math.l2_normalize(tf.cast(projection, tf.float32), -1)
+
+    def image_tower(images, training=False):
+        return unit(model.image_projection(images, training=training))
+
+    def text_tower(texts, training=False):
+        return unit(model.text_projection(model.tokenizer(texts), training=training))
+
     def encode_image(images):
-        return {"embedding": model.encode_image(images)}
+        return {"embedding": image_tower(images)}
 
     def encode_text(texts):
-        return {"embedding": model.encode_tokens(model.tokenizer(texts))}
+        return {"embedding": text_tower(texts)}
 
-    module = tf.__internal__.tracking.AutoTrackable()
-    module.variables = [v for p in parts for v in p.variables]
-    module.trainable_variables = [v for p in parts for v in p.trainable_variables]
-    module.non_trainable_variables = [v for p in parts for v in p.non_trainable_variables]
+    specs = {ENCODE_IMAGE: tf.TensorSpec([None, *image_shape], tf.float32, name="images"),
+             ENCODE_TEXT: tf.TensorSpec([None], tf.string, name="texts")}
+    module = reusable.holding_variables(parts)
     module.vectorizer = model.tokenizer.vectorizer  # Tracks the vocabulary's lookup table.
     module.temperature = tf.Variable(float(model.temperature()), trainable=False,
                                      name="temperature")
-    specs = {ENCODE_IMAGE: tf.TensorSpec([None, *image_shape], tf.float32, name="images"),
-             ENCODE_TEXT: tf.TensorSpec([None], tf.string, name="texts")}
+    setattr(module, IMAGE_TOWER, reusable.reusable_object(
+        [model.image_encoder, model.image_head], image_tower, specs[ENCODE_IMAGE]))
+    setattr(module, TEXT_TOWER, reusable.reusable_object(
+        [model.text_encoder, model.text_head], text_tower, specs[ENCODE_TEXT]))
     for name, fn in ((ENCODE_IMAGE, encode_image), (ENCODE_TEXT, encode_text)):
         function = tf.function(fn, input_signature=[specs[name]], autograph=False)
         function.get_concrete_function()  # Trace now: errors before anything is written.
@@ -48,7 +64,9 @@ def export_dual_encoder(model, export_dir, image_shape, overwrite=False):
 
     Signatures `encode_image(images [None, H, W, C] float32 in [0, 1])` and
     `encode_text(texts [None] tf.string)`, each -> {"embedding": unit vectors `[b, d]`}
-    (inference mode); also callable as `loaded.encode_image(...)`. `temperature` is saved.
+    (inference mode); also callable as `loaded.encode_image(...)`. `temperature` is saved,
+    and the towers as Reusable SavedModel objects `image_tower(images, training)` and
+    `text_tower(texts, training)` -> unit vectors `[b, d]`.
     """
     export_dir = saved_model.check_path("export_dir", export_dir)
     image_shape = saved_model.check_image_shape(image_shape)

@@ -32,7 +32,7 @@ import keras
 import tensorflow as tf
 
 from tf_sogclr import checks
-from tf_sogclr.export import saved_model
+from tf_sogclr.export import reusable, saved_model
 from tf_sogclr.export.saved_model import check_image_shape, check_path, check_step
 
 
@@ -172,23 +172,14 @@ def _export_module(model, image_shape, include_projection, include_logits):
     def features(images):
         return tf.cast(encoder(images, training=False), tf.float32)
 
-    # Keras variables are not tf.Variables, so tf.Module's own `variables` properties would
-    # find none: keep them as plain tracked lists (as keras.export.ExportArchive does).
-    module = tf.__internal__.tracking.AutoTrackable()
-    module.variables = [v for p in parts for v in p.variables]
-    module.trainable_variables = [v for p in parts for v in p.trainable_variables]
-    module.non_trainable_variables = [v for p in parts for v in p.non_trainable_variables]
-    module.regularization_losses = []
+    def call(images, training=False):
+        return tf.cast(encoder(images, training=training), tf.float32)
+
+    # The root is TF Hub's Reusable SavedModel over the encoder and heads; it runs the encoder.
+    module = reusable.reusable_object(parts, call, spec[0])
     for name, fn in ((SERVE_ENDPOINT, serve), (TRAINING_ENDPOINT, serve_training),
                      (FEATURES_ENDPOINT, features)):
         function = tf.function(fn, input_signature=spec, autograph=False)
         function.get_concrete_function()  # Trace now: errors before anything is written.
         setattr(module, name, function)
-
-    def call(images, training=False):
-        return tf.cast(encoder(images, training=training), tf.float32)
-
-    module.__call__ = tf.function(call, autograph=False)
-    for training in (False, True):  # TF Hub calls it with a Python bool.
-        module.__call__.get_concrete_function(spec[0], training=training)
     return module
