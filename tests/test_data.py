@@ -237,6 +237,15 @@ def test_finetune_dataset_yields_image_label_tuples(data_dir):
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == 3  # one epoch of 48
     assert all(0.0 <= images.min() and images.max() <= 1.0 for images, _ in batches)
+    # An extra batch augmentation (e.g. a Keras preprocessing layer) runs after crop and flip.
+    plain, inverted = (data.finetune_dataset(
+        NAME, "train[:48]", 16, 28, data_dir=data_dir, seed=0, deterministic=True,
+        extra_augment=extra) for extra in (None, lambda images: 1.0 - images))
+    pairs = list(zip(plain.as_numpy_iterator(), inverted.as_numpy_iterator()))
+    assert len(pairs) == 3
+    for (images, labels), (got, got_labels) in pairs:
+        np.testing.assert_allclose(got, 1.0 - images, atol=1e-6)
+        np.testing.assert_array_equal(got_labels, labels)
 
 
 def test_variable_size_images_are_cropped_per_example(data_dir):

@@ -208,11 +208,14 @@ def finetune_dataset(
     deterministic: bool = False,
     channels: int | None = None,
     input_context: tf.distribute.InputContext | None = None,
+    extra_augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> tf.data.Dataset:
     """Shuffled (image [b, S, S, C] float32, label [b] int64) batches for Keras `fit`.
 
     SimCLR's fine-tuning augmentation (random resized crop and flip, no colour), drop_remainder;
-    one epoch per iteration by default, so `fit(epochs=...)` counts epochs.
+    one epoch per iteration by default, so `fit(epochs=...)` counts epochs. `extra_augment`
+    (e.g. a Keras preprocessing layer) maps each batch of images `[b, S, S, C]` in [0, 1] to
+    images of the same shape after the crop and flip.
     """
     info = describe(dataset, split, data_dir)
     check_not_empty(info)
@@ -224,6 +227,9 @@ def finetune_dataset(
     ds = _augmented_batches(info, data_dir, batch_size, augmenter, 1, shuffle_buffer,
                             num_epochs, cache, seed, deterministic, input_context)
     ds = ds.map(lambda b: (b["views"][0], b[LABEL_KEY]))
+    if extra_augment is not None:
+        ds = ds.map(lambda images, labels: (extra_augment(images), labels),
+                    num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE).with_options(pipeline_options(deterministic))
 
 

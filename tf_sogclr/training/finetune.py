@@ -191,12 +191,14 @@ def _epochs_done(backup_dir):
         return int(json.load(f)["epoch"])
 
 
-def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=()):
+def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=(),
+             extra_augment=None):
     """Fine-tunes a pretrained encoder on the train split with `model.fit`, then evaluates it.
 
     Checks everything first; callbacks: TensorBoard, BackupAndRestore (a re-run resumes),
     ModelCheckpoint, `callbacks`. Also uses `pretrain_cfg.run`'s eval_batch_size, seed,
-    mixed_precision, steps_per_execution and jit_compile.
+    mixed_precision, steps_per_execution and jit_compile. `extra_augment`: see
+    `data.finetune_dataset`.
     """
     strategy = strategy or tf.distribute.get_strategy()
     plan = check_finetune(pretrain_cfg, finetune_cfg, strategy)
@@ -227,7 +229,8 @@ def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=())
     train_data = data.finetune_dataset(
         dc.dataset, dc.train_split, fc.train_batch_size, dc.image_size, data_dir=dc.data_dir,
         crop_area_min=dc.crop_area_min, shuffle_buffer=dc.shuffle_buffer, num_epochs=1,
-        cache=dc.cache_dataset, seed=run.seed, channels=plan.info.channels)
+        cache=dc.cache_dataset, seed=run.seed, channels=plan.info.channels,
+        extra_augment=extra_augment)
     history = model.fit(
         train_data, epochs=fc.train_epochs, verbose=verbose, shuffle=False,
         callbacks=[
