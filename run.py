@@ -199,9 +199,15 @@ def run_finetune(cfg, train_info, strategy):
     print("Fine-tuning recipe: " + ", ".join(f"--{k}={v}" for k, v in recipe.items())
           + (f" (fine-tuning defaults for the unset {', '.join('--' + n for n in defaulted)})"
              if defaulted else ""), flush=True)
+    crop = finetune_cfg.crop_area_min_for(cfg.data.image_size)
+    print(f"Fine-tuning input: random resized crop of area [{crop}, 1] and flip"
+          + ("" if FLAGS["finetune_crop_area_min"].present else
+             f" (--finetune_crop_area_min unset: the default for {cfg.data.image_size}-px "
+             "images)"), flush=True)
     result = finetune.finetune(cfg, finetune_cfg, strategy=strategy)
     summary = {"finetune_dir": result.finetune_dir, "tensorboard": result.log_dir,
                "epochs": result.epochs, "finetune_recipe": recipe,
+               "finetune_crop_area_min": crop,
                "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5)}}
     if distribute.is_chief(strategy):
         step = int(result.model.optimizer.iterations.numpy())

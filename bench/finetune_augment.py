@@ -1,14 +1,16 @@
 """Fine-tuning input: SimCLR's crop and flip against the same plus keras-cv's RandAugment.
 
     python bench/finetune_augment.py --checkpoint=runs/fashion_mnist_sogclr/saved_model \
-        [--train_epochs=2] [--pipeline_batches=100] [any run.py flag]
+        [--train_epochs=2] [--pipeline_batches=100] [--augments=crop_flip,...] [run.py flags]
 
 For each augmentation, in a fresh subprocess: the fine-tuning input pipeline alone
 (`data.finetune_dataset`, examples/s over `--pipeline_batches` batches after one warm-up
 batch), then the README's fine-tuning run (`run.py --train_mode=finetune` flags, the
 fine-tuning recipe's defaults) through `training.finetune.finetune`, timed (wall and
 CPU-seconds per example). Prints one JSON object per augmentation:
-{"augment", "pipeline_examples_per_s", "finetune_wall_s", "cpu_s_per_example", "top1", ...}.
+{"augment", "crop_area_min", "pipeline_examples_per_s", "finetune_wall_s",
+"cpu_s_per_example", "top1", ...}. run.py's --finetune_crop_area_min sets the crop's area
+range (unset: run.py's default for the image size).
 
 keras-cv is a benchmark-only dependency (requirements-bench.txt): its RandAugment runs
 per image (`tf.map_fn`), and its colour-degeneration op needs RGB, so grayscale images are
@@ -52,7 +54,7 @@ def pipeline_rate(cfg, fcfg, info, extra_augment, num_batches):
     dc = cfg.data
     ds = data.finetune_dataset(
         dc.dataset, dc.train_split, fcfg.train_batch_size, dc.image_size, data_dir=dc.data_dir,
-        crop_area_min=dc.crop_area_min, shuffle_buffer=dc.shuffle_buffer, num_epochs=None,
+        crop_area_min=fcfg.crop_area_min_for(dc.image_size), shuffle_buffer=dc.shuffle_buffer, num_epochs=None,
         cache=dc.cache_dataset, seed=cfg.run.seed, channels=info.channels,
         extra_augment=extra_augment)
     iterator = iter(ds)
@@ -79,7 +81,8 @@ def measure_one(augment, run_flags, num_batches):
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     examples = result.epochs * (info.num_examples // fcfg.train_batch_size) * fcfg.train_batch_size
-    return {"augment": augment, "pipeline_examples_per_s": round(rate, 1),
+    return {"augment": augment, "crop_area_min": fcfg.crop_area_min_for(cfg.data.image_size),
+            "pipeline_examples_per_s": round(rate, 1),
             "finetune_wall_s": round(wall, 1), "finetune_cpu_s": round(cpu, 1),
             "cpu_s_per_example": round(cpu / max(examples, 1), 6),
             "train_examples_per_s": round(examples / wall, 1), "epochs": result.epochs,
@@ -92,17 +95,21 @@ def main(argv):
         augment, num_batches, run_flags = argv[1], int(argv[2]), argv[3:]
         print(json.dumps(measure_one(augment, run_flags, num_batches)), flush=True)
         return
-    num_batches = 100
-    run_flags = []
+    num_batches, augments, run_flags = 100, AUGMENTS, []
     for arg in argv:
         if arg.startswith("--pipeline_batches="):
             num_batches = int(arg.split("=", 1)[1])
+        elif arg.startswith("--augments="):
+            augments = tuple(arg.split("=", 1)[1].split(","))
+            unknown = sorted(set(augments) - set(AUGMENTS))
+            if unknown:
+                raise SystemExit(f"--augments: unknown {unknown}; choose from {AUGMENTS}")
         else:
             run_flags.append(arg)
     if not any(a.startswith("--train_epochs=") for a in run_flags):
         run_flags.append("--train_epochs=2")
     with tempfile.TemporaryDirectory() as scratch:
-        for augment in AUGMENTS:
+        for augment in augments:
             flags = [*run_flags, f"--model_dir={os.path.join(scratch, augment)}"]
             out = subprocess.run([sys.executable, __file__, "--_one", augment, str(num_batches),
                                   *flags], check=True, capture_output=True, text=True)

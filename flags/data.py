@@ -1,9 +1,10 @@
-"""Which TFDS dataset and split, image size and augmentation (defaults: `config.DataConfig`)."""
+"""Which TFDS dataset and split, image size and augmentation (defaults: `config.DataConfig`;
+the fine-tuning crop: `config.FinetuneConfig`)."""
 
 from absl import flags
 
 from tf_sogclr import config
-from tf_sogclr.config import DataConfig
+from tf_sogclr.config import SMALL_IMAGE_SIZE, DataConfig, FinetuneConfig
 
 flags.DEFINE_string("dataset", DataConfig.dataset,
                     "TFDS dataset name. fashion_mnist_debian is built from Debian's "
@@ -27,4 +28,8 @@ flags.DEFINE_float("color_jitter_strength", DataConfig.color_jitter_strength,
 flags.DEFINE_bool("use_blur", DataConfig.use_blur,
                   "Gaussian blur augmentation (ImageNet-size images).")
 flags.DEFINE_float("crop_area_min", DataConfig.crop_area_min,
-                   "Smallest area fraction of random resized crops.")
+                   "Smallest area fraction of pretraining's random resized crops.")
+flags.DEFINE_float("finetune_crop_area_min", FinetuneConfig.finetune_crop_area_min,
+                   "Smallest area fraction of fine-tuning's random resized crops; unset: 1.0 "
+                   f"(no crop, flips only) for images of {SMALL_IMAGE_SIZE} px or less, "
+                   f"{DataConfig.crop_area_min} (SimCLR's) above.")

@@ -51,6 +51,20 @@ def test_finetune_flags_without_their_own_default_inherit_the_model_config():
     assert FLAGS["zero_init_logits_layer"].default == config.FinetuneConfig.zero_init_logits_layer
 
 
+def test_the_finetuning_crop_follows_the_image_size_unless_set():
+    unset = config.FinetuneConfig()
+    assert FLAGS["finetune_crop_area_min"].default is unset.finetune_crop_area_min is None
+    assert unset.crop_area_min_for(28) == unset.crop_area_min_for(config.SMALL_IMAGE_SIZE) == 1.0
+    assert unset.crop_area_min_for(config.SMALL_IMAGE_SIZE + 1) == config.DataConfig.crop_area_min
+    assert unset.crop_area_min_for(224) == 0.08
+    chosen = config.FinetuneConfig(finetune_crop_area_min=0.3).validate()
+    assert chosen.crop_area_min_for(28) == chosen.crop_area_min_for(224) == 0.3
+    for bad in (0.0, 1.5, "0.5"):
+        with pytest.raises(ValueError, match=r"--finetune_crop_area_min must be a number in "
+                                             r"\(0.0, 1.0\]"):
+            config.FinetuneConfig(finetune_crop_area_min=bad).validate()
+
+
 def test_bad_bimodal_configs_name_the_flag():
     cfg = config.BimodalConfig()
     with pytest.raises(ValueError, match="--text_encoder must be one of transformer, mlp"):

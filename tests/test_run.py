@@ -75,6 +75,10 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
             "--warmup_epochs=0.0 (fine-tuning defaults for the unset --optimizer, "
             "--learning_rate_scaling, --momentum, --weight_decay, --warmup_epochs)"
             in tuned.stdout)
+    # 28-px images: the fine-tuning input flips the whole image, no crop (the measured default).
+    assert tuned_summary["finetune_crop_area_min"] == 1.0
+    assert ("Fine-tuning input: random resized crop of area [1.0, 1] and flip "
+            "(--finetune_crop_area_min unset: the default for 28-px images)" in tuned.stdout)
     assert tuned_summary["finetune_dir"] == os.path.join(model_dir, "finetune")
     assert 0.0 <= tuned_summary["eval"]["top1"] <= tuned_summary["eval"]["top5"] <= 1.0
     from tf_sogclr import export

@@ -269,6 +269,9 @@ class BimodalConfig:
         return self
 
 
+SMALL_IMAGE_SIZE = 32  # pixels: CIFAR and Fashion-MNIST sizes; fine-tuning does not crop them
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning settings (SimCLR's flag names); data and architecture come from a
@@ -276,6 +279,8 @@ class FinetuneConfig:
 
     `fine_tune_after_block` / `ft_proj_selector` None take the model config's values. Defaults
     follow SimCLR's fine-tuning recipe: momentum, lr 0.1 (linear scaling), no decay, no warm-up.
+    The input is SimCLR's random resized crop and flip; `finetune_crop_area_min` None picks
+    the crop's area range by image size (`crop_area_min_for`).
     """
 
     checkpoint: str | None = None  # None: newest checkpoint in --model_dir
@@ -291,6 +296,19 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     warmup_epochs: float = 0.0
     finetune_dir: str | None = None  # None: <model_dir>/finetune
+    finetune_crop_area_min: float | None = None  # None: by image size
+
+    def crop_area_min_for(self, image_size):
+        """The fine-tuning crop's smallest area fraction for `image_size`-pixel inputs.
+
+        Unset: 1.0 (the whole image, flipped at random) up to SMALL_IMAGE_SIZE pixels, SimCLR's
+        0.08 above. Measured on Fashion-MNIST (28x28), fine-tuning the default job's export
+        for 2 epochs on 60,000 labels: test top-1 80.7% at 0.08, 82.6% at 0.3, 86.0% at 0.6,
+        89.5% at 1.0 (docs in the README, "Fine-tuning").
+        """
+        if self.finetune_crop_area_min is not None:
+            return self.finetune_crop_area_min
+        return 1.0 if image_size <= SMALL_IMAGE_SIZE else DataConfig.crop_area_min
 
     def validate(self):
         for flag in ("checkpoint", "finetune_dir"):
@@ -306,6 +324,9 @@ class FinetuneConfig:
             checks.positive_int("--ft_proj_selector", self.ft_proj_selector, allow_zero=True)
         checks.positive_int("--train_epochs", self.train_epochs)
         checks.positive_int("--train_batch_size", self.train_batch_size)
+        if self.finetune_crop_area_min is not None:
+            checks.in_range("--finetune_crop_area_min", self.finetune_crop_area_min, 0.0, 1.0,
+                            low_open=True)
         self.optimizer_config.validate()
         return self
 

@@ -64,7 +64,9 @@ def _record(pretrain_cfg, finetune_cfg, source, after_block, selector):
     settings = dataclasses.asdict(finetune_cfg)
     for name in ("checkpoint", "finetune_dir", "train_epochs"):
         settings.pop(name)
-    settings.update(fine_tune_after_block=after_block, ft_proj_selector=selector)
+    settings.update(fine_tune_after_block=after_block, ft_proj_selector=selector,
+                    finetune_crop_area_min=finetune_cfg.crop_area_min_for(
+                        pretrain_cfg.data.image_size))
     dataset = dataclasses.asdict(pretrain_cfg.data)
     for name in ("data_dir", "cache_dataset", "shuffle_buffer"):
         dataset.pop(name)
@@ -228,7 +230,8 @@ def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=(),
 
     train_data = data.finetune_dataset(
         dc.dataset, dc.train_split, fc.train_batch_size, dc.image_size, data_dir=dc.data_dir,
-        crop_area_min=dc.crop_area_min, shuffle_buffer=dc.shuffle_buffer, num_epochs=1,
+        crop_area_min=fc.crop_area_min_for(dc.image_size), shuffle_buffer=dc.shuffle_buffer,
+        num_epochs=1,
         cache=dc.cache_dataset, seed=run.seed, channels=plan.info.channels,
         extra_augment=extra_augment)
     history = model.fit(
