@@ -54,7 +54,8 @@ def pipeline_rate(cfg, fcfg, info, extra_augment, num_batches):
     dc = cfg.data
     ds = data.finetune_dataset(
         dc.dataset, dc.train_split, fcfg.train_batch_size, dc.image_size, data_dir=dc.data_dir,
-        crop_area_min=fcfg.crop_area_min_for(dc.image_size), shuffle_buffer=dc.shuffle_buffer, num_epochs=None,
+        crop_area_min=fcfg.crop_area_min_for(dc.image_size), shuffle_buffer=dc.shuffle_buffer,
+        num_epochs=None,
         cache=dc.cache_dataset, seed=cfg.run.seed, channels=info.channels,
         extra_augment=extra_augment)
     iterator = iter(ds)

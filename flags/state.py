@@ -10,7 +10,8 @@ flags.DEFINE_string("model_dir", RunConfig.model_dir,
                     "from the newest checkpoint here.")
 flags.DEFINE_string("checkpoint", None,
                     "Checkpoint to evaluate or fine-tune from (a checkpoint prefix, a directory "
-                    "of checkpoints, or an exported SavedModel for fine-tuning).")
+                    "of checkpoints, or an exported SavedModel for fine-tuning; 'none' "
+                    "fine-tunes a randomly initialised encoder: the supervised baseline).")
 flags.DEFINE_integer("checkpoint_epochs", RunConfig.checkpoint_epochs,
                      "Checkpoint every this many epochs (0: only at the end, unless "
                      "--checkpoint_steps).")

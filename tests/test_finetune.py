@@ -160,6 +160,34 @@ def test_saved_model_source(pretrained, exported, images, tmp_path):
     assert_scores(result)
 
 
+def test_from_scratch_is_the_same_classifier_with_random_weights(pretrained, images, tmp_path):
+    """--checkpoint=none: the supervised baseline through the same path."""
+    cfg, pre = pretrained
+    probe = Probe(images, str(tmp_path / "ft" / "backup"))
+    result = finetune.finetune(cfg, tiny_finetune(tmp_path / "ft", checkpoint="none"),
+                               verbose=0, callbacks=[probe])
+    assert result.source == ("scratch", "none")
+    pretrained_weights = layer_weights(pre.model.encoder)
+    assert sorted(probe.encoder) == sorted(pretrained_weights)  # The same architecture,
+    kernels = [k for k in pretrained_weights if k.endswith("kernel")]
+    assert kernels and all(not np.array_equal(probe.encoder[k], pretrained_weights[k])
+                           for k in kernels)  # none of its pretrained weights,
+    after = layer_weights(result.model.get_layer("encoder"))
+    # and fit trains it (zero-initialised residual branches start moving after a few steps).
+    assert any(not np.array_equal(after[k], probe.encoder[k]) for k in kernels)
+    assert sorted(layer.name for layer in result.model.layers) == [
+        "encoder", "head_supervised", "images"]
+    assert_scores(result)
+    for kwargs, message in (({"ft_proj_selector": 1}, r"--ft_proj_selector must be 0 with "
+                                                      r"--checkpoint=none"),
+                            ({"fine_tune_after_block": 2}, r"--fine_tune_after_block must be "
+                                                           r"-1 \(train all\) with "
+                                                           r"--checkpoint=none")):
+        with pytest.raises(ValueError, match=message):
+            finetune.check_finetune(cfg, tiny_finetune(tmp_path / "other", checkpoint="none",
+                                                       **kwargs), tf.distribute.get_strategy())
+
+
 def test_fine_tunes_under_mirrored_strategy(pretrained, images, tmp_path, mirrored_strategy):
     cfg, pre = pretrained
     probe = Probe(images, str(tmp_path / "ft" / "backup"))

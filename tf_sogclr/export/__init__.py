@@ -16,9 +16,9 @@ from tf_sogclr.export.saved_model import (is_complete_export, latest_export,
                                           remove_old_exports, save_atomically)
 
 __all__ = [
-    "ENCODE_IMAGE", "ENCODE_TEXT", "IMAGE_TOWER", "TEXT_TOWER", "LoadedDualEncoder", "export_dual_encoder",
-    "export_dual_encoder_for_step", "FEATURES_ENDPOINT", "INPUT_NAME", "SERVE_ENDPOINT",
-    "SERVING_SIGNATURE", "TRAINING_ENDPOINT", "LoadedEncoder", "export_for_step",
-    "export_saved_model", "load_encoder", "is_complete_export", "latest_export",
-    "remove_old_exports", "save_atomically",
+    "ENCODE_IMAGE", "ENCODE_TEXT", "IMAGE_TOWER", "TEXT_TOWER", "LoadedDualEncoder",
+    "export_dual_encoder", "export_dual_encoder_for_step", "FEATURES_ENDPOINT", "INPUT_NAME",
+    "SERVE_ENDPOINT", "SERVING_SIGNATURE", "TRAINING_ENDPOINT", "LoadedEncoder",
+    "export_for_step", "export_saved_model", "load_encoder", "is_complete_export",
+    "latest_export", "remove_old_exports", "save_atomically",
 ]

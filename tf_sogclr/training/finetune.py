@@ -128,6 +128,13 @@ def check_finetune(pretrain_cfg, finetune_cfg, strategy):
     info = data.describe(dc.dataset, dc.train_split, dc.data_dir)
     eval_info = data.describe(dc.dataset, dc.eval_split, dc.data_dir)
     training_endpoint = None
+    if source.kind == "scratch":
+        if selector != 0:
+            checks.fail("--ft_proj_selector", "0 with --checkpoint=none (no pretrained "
+                        "projection head)", selector)
+        if after_block != -1:
+            checks.fail("--fine_tune_after_block", "-1 (train all) with --checkpoint=none "
+                        "(a random encoder)", after_block)
     if source.kind == "saved_model":
         if selector != 0:
             checks.fail("--ft_proj_selector", f"0 with a SavedModel source ({source.path}: "

@@ -5,7 +5,9 @@
         -> Dense(num_classes, name="head_supervised") -> logits [b, num_classes]
 
 A checkpoint's encoder is rebuilt with `fine_tune_after_block` (frozen stem / block groups use
-batch-norm moving statistics and stop gradients) and its weights are copied in by layer name;
+batch-norm moving statistics and stop gradients) and its weights are copied in by layer name
+(a "scratch" source, `--checkpoint=none`, keeps the random initialisation: the supervised
+baseline);
 a SavedModel becomes a `keras.layers.TFSMLayer` (trainable, or frozen with
 fine_tune_after_block=4). `ExportableClassifier` presents the result to `tf_sogclr.export`.
 """
@@ -146,13 +148,16 @@ def build_finetune_model(pretrain_cfg, finetune_cfg, source, info, num_replicas=
     selector = ft_proj_selector(pretrain_cfg, finetune_cfg)
     global_bn = m.global_bn and num_replicas > 1
     images = keras.Input((size, size, channels), name="images")
-    if source.kind == "checkpoint":
-        pretrained = load_pretrained(pretrain_cfg, source.path, info)
+    if source.kind in ("checkpoint", "scratch"):
         encoder = resnet.build_resnet(
             m.resnet_depth, width_multiplier=m.width_multiplier,
             small_image_stem=m.small_image_stem, global_bn=global_bn,
             batch_norm_decay=m.batch_norm_decay, fine_tune_after_block=after_block,
             input_shape=(size, size, channels), name=ENCODER_NAME)
+    if source.kind == "scratch":  # The supervised baseline: the same encoder, random weights.
+        features = encoder(images)
+    elif source.kind == "checkpoint":
+        pretrained = load_pretrained(pretrain_cfg, source.path, info)
         with_weights = [layer for layer in pretrained.encoder.layers if layer.weights]
         missing = {l.name for l in encoder.layers if l.weights} - {l.name for l in with_weights}
         if missing:
@@ -176,7 +181,8 @@ def build_finetune_model(pretrain_cfg, finetune_cfg, source, info, num_replicas=
             trainable=not frozen, dtype="float32", name=ENCODER_NAME)
         features = encoder(images)[FEATURES_KEY]
     else:
-        raise ValueError(f"source.kind must be 'checkpoint' or 'saved_model', got {source.kind!r}.")
+        raise ValueError(f"source.kind must be 'checkpoint', 'saved_model' or 'scratch', got "
+                         f"{source.kind!r}.")
     logits = keras.layers.Dense(
         info.num_classes,
         kernel_initializer=("zeros" if finetune_cfg.zero_init_logits_layer

@@ -19,8 +19,12 @@ SERVING_SIGNATURE = "serving_default"
 FEATURES_KEY = "features"
 
 
+SCRATCH = "none"  # --checkpoint=none: the supervised baseline, no pretrained weights
+
+
 class Source(typing.NamedTuple):
-    """Where pretrained weights come from: kind "checkpoint" (a prefix) or "saved_model" (a dir)."""
+    """Where pretrained weights come from: kind "checkpoint" (a prefix), "saved_model" (a dir)
+    or "scratch" (path "none": a randomly initialised encoder, the supervised baseline)."""
 
     kind: str
     path: str
@@ -33,10 +37,13 @@ def _is_checkpoint_prefix(path):
 def resolve_source(pretrain_cfg, finetune_cfg):
     """The `Source` to fine-tune from (only looks at files); ValueError naming the flag if none.
 
-    --checkpoint: a checkpoint prefix, a directory of checkpoints, a SavedModel, or a directory
-    of numbered exports (`export.export_for_step`); unset: the newest checkpoint in --model_dir.
+    --checkpoint: a checkpoint prefix, a directory of checkpoints, a SavedModel, a directory
+    of numbered exports (`export.export_for_step`), or "none" (train from scratch); unset: the
+    newest checkpoint in --model_dir.
     """
     path = finetune_cfg.checkpoint
+    if path == SCRATCH:
+        return Source("scratch", SCRATCH)
     if path is None:
         model_dir = pretrain_cfg.run.model_dir
         latest = tf.train.latest_checkpoint(model_dir) if tf.io.gfile.isdir(model_dir) else None
