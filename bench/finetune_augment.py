@@ -49,15 +49,11 @@ def randaugment(seed):
 
 
 def pipeline_rate(cfg, fcfg, info, extra_augment, num_batches):
-    from tf_sogclr import data
+    """Examples/s of `finetune.train_dataset` (the input `finetune` trains on), repeated."""
+    from tf_sogclr.training import finetune
 
-    dc = cfg.data
-    ds = data.finetune_dataset(
-        dc.dataset, dc.train_split, fcfg.train_batch_size, dc.image_size, data_dir=dc.data_dir,
-        crop_area_min=fcfg.crop_area_min_for(dc.image_size), shuffle_buffer=dc.shuffle_buffer,
-        num_epochs=None,
-        cache=dc.cache_dataset, seed=cfg.run.seed, channels=info.channels,
-        extra_augment=extra_augment)
+    ds = finetune.train_dataset(cfg, fcfg, info.channels, num_epochs=None,
+                                extra_augment=extra_augment)
     iterator = iter(ds)
     next(iterator)
     start = time.perf_counter()

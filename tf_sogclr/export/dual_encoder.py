@@ -27,14 +27,11 @@ def _export_module(model, image_shape):
         raise ValueError("model must be built before export.")
     parts = [model.image_encoder, model.image_head, model.text_encoder, model.text_head]
 
-    def unit(projection):
-        return tf.math.l2_normalize(tf.cast(projection, tf.float32), -1)
-
     def image_tower(images, training=False):
-        return unit(model.image_projection(images, training=training))
+        return model.encode_image(images, training=training)
 
     def text_tower(texts, training=False):
-        return unit(model.text_projection(model.tokenizer(texts), training=training))
+        return model.encode_tokens(model.tokenizer(texts), training=training)
 
     def encode_image(images):
         return {"embedding": image_tower(images)}

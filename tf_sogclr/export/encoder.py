@@ -169,11 +169,11 @@ def _export_module(model, image_shape, include_projection, include_logits):
     def serve_training(images):
         return outputs(images, training=True)
 
-    def features(images):
-        return tf.cast(encoder(images, training=False), tf.float32)
-
     def call(images, training=False):
         return tf.cast(encoder(images, training=training), tf.float32)
+
+    def features(images):
+        return call(images, training=False)
 
     # The root is TF Hub's Reusable SavedModel over the encoder and heads; it runs the encoder.
     module = reusable.reusable_object(parts, call, spec[0])

@@ -117,13 +117,17 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
         """Token ids `[b, L]` -> projections `[b, d]` (not normalised)."""
         return self.text_head(self.text_encoder(tokens, training=training), training=training)
 
-    def encode_image(self, images):
-        """Images `[b, H, W, C]` -> unit embeddings float32 `[b, d]` (inference mode)."""
-        return tf.math.l2_normalize(tf.cast(self.image_projection(images), tf.float32), -1)
+    def encode_image(self, images, training=False):
+        """Images `[b, H, W, C]` -> unit embeddings float32 `[b, d]` (inference mode unless
+        `training`)."""
+        return tf.math.l2_normalize(
+            tf.cast(self.image_projection(images, training=training), tf.float32), -1)
 
-    def encode_tokens(self, tokens):
-        """Token ids `[b, L]` -> unit embeddings float32 `[b, d]` (inference mode)."""
-        return tf.math.l2_normalize(tf.cast(self.text_projection(tokens), tf.float32), -1)
+    def encode_tokens(self, tokens, training=False):
+        """Token ids `[b, L]` -> unit embeddings float32 `[b, d]` (inference mode unless
+        `training`)."""
+        return tf.math.l2_normalize(
+            tf.cast(self.text_projection(tokens, training=training), tf.float32), -1)
 
     def encode_text(self, texts):
         """Raw strings `[b]` -> unit embeddings float32 `[b, d]`, through the tokenizer."""

@@ -200,6 +200,17 @@ def _epochs_done(backup_dir):
         return int(json.load(f)["epoch"])
 
 
+def train_dataset(pretrain_cfg, finetune_cfg, channels, num_epochs=1, extra_augment=None):
+    """The fine-tuning input of `finetune`: `data.finetune_dataset` of the train split with
+    the fine-tuning crop for the image size (`crop_area_min_for`), (image, label) batches."""
+    dc = pretrain_cfg.data
+    return data.finetune_dataset(
+        dc.dataset, dc.train_split, finetune_cfg.train_batch_size, dc.image_size,
+        data_dir=dc.data_dir, crop_area_min=finetune_cfg.crop_area_min_for(dc.image_size),
+        shuffle_buffer=dc.shuffle_buffer, num_epochs=num_epochs, cache=dc.cache_dataset,
+        seed=pretrain_cfg.run.seed, channels=channels, extra_augment=extra_augment)
+
+
 def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=(),
              extra_augment=None):
     """Fine-tunes a pretrained encoder on the train split with `model.fit`, then evaluates it.
@@ -235,12 +246,8 @@ def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=(),
     tf.io.gfile.makedirs(directory)
     _write_json_atomically(os.path.join(directory, CONFIG_FILE), plan.record)
 
-    train_data = data.finetune_dataset(
-        dc.dataset, dc.train_split, fc.train_batch_size, dc.image_size, data_dir=dc.data_dir,
-        crop_area_min=fc.crop_area_min_for(dc.image_size), shuffle_buffer=dc.shuffle_buffer,
-        num_epochs=1,
-        cache=dc.cache_dataset, seed=run.seed, channels=plan.info.channels,
-        extra_augment=extra_augment)
+    train_data = train_dataset(pretrain_cfg, finetune_cfg, plan.info.channels,
+                               extra_augment=extra_augment)
     history = model.fit(
         train_data, epochs=fc.train_epochs, verbose=verbose, shuffle=False,
         callbacks=[
