@@ -103,7 +103,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import sys
 import time
 
@@ -112,6 +111,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from bench.study_records import (append_record, format_mean_std,  # noqa: E402
+                                 read_records, summarise, write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
@@ -423,47 +425,9 @@ def execute(study, run, results_dir):
 # --------------------------------------------------------------------------- results
 
 
-def read_records(path):
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut short by a kill: rerun that run
-                    pass
-    return records
-
-
-def append_record(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def done_runs(records, study):
     return {Run(r["method"], r["batch_size"], r["seed"]) for r in records
             if r.get("config_id") == study.config_id(r["method"])}
-
-
-def summarise(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None, 0
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return mean, std, len(values)
-
-
-def _fmt(mean, std, scale=100.0, digits=1):
-    if mean is None:
-        return "—"
-    text = f"{mean * scale:.{digits}f}"
-    return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
 
 
 def groups(records, study):
@@ -502,8 +466,8 @@ def write_table(path, records, study, command):
         batch_text = "—" if method in UNTRAINED else str(batch)
         if method in REFERENCES:
             method = f"{method} (reference)"
-        lines.append(f"| {method} | {batch_text} | {lin[2]} | {_fmt(*lin[:2])} | "
-                     f"{_fmt(*knn_[:2])} | {'—' if eps is None else f'{eps:.0f}'} | "
+        lines.append(f"| {method} | {batch_text} | {lin[2]} | {format_mean_std(*lin[:2])} | "
+                     f"{format_mean_std(*knn_[:2])} | {'—' if eps is None else f'{eps:.0f}'} | "
                      f"{wall:.0f} |")
     batches = sorted({b for (m, b) in grouped if m in CONTRASTIVE})
     if batches:
@@ -518,15 +482,13 @@ def write_table(path, records, study, command):
                 sog = summarise([r[key] for r in grouped.get(("sogclr", b), [])])
                 delta = (None if sim[0] is None or sog[0] is None
                          else f"{100 * (sog[0] - sim[0]):+.1f}")
-                row += [_fmt(*sim[:2]), _fmt(*sog[:2]), delta or "—"]
+                row += [format_mean_std(*sim[:2]), format_mean_std(*sog[:2]), delta or "—"]
             lines.append("| " + " | ".join(row) + " |")
     total = sum(r["wall_s"] for rs in grouped.values() for r in rs)
     lines += ["", f"Runs: {sum(map(len, grouped.values()))}, total run time "
               f"{total / 60:.1f} min." + (f" ({ignored} records of other configurations in "
                                           f"{JSONL} are not shown.)" if ignored else "")]
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "\n".join(lines) + "\n")
 
 
 def write_plot(path, records, study):
