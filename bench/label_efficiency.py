@@ -100,7 +100,7 @@ def subset_size(num_label_examples, fraction):
 def subset_split(study, num_label_examples, fraction, seed):
     """The TFDS split of seed `seed`'s labelled subset at `fraction` percent."""
     n = subset_size(num_label_examples, fraction)
-    return f"{study.label_split.split('[')[0]}[{seed * n}:{(seed + 1) * n}]"
+    return f"{study.label_split}[{seed * n}:{(seed + 1) * n}]"
 
 
 def finetune_schedule(num_labels, steps):
@@ -282,7 +282,8 @@ def write_plot(path, records, study):
     ax.set_title(f"Fashion-MNIST, fine-tuning ResNet-18 x1/8 for ~{study.finetune_steps} "
                  "steps (mean ± std)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if results:
+        ax.legend(fontsize=8)
     fig.savefig(path + ".tmp.png", dpi=110)
     plt.close(fig)
     os.replace(path + ".tmp.png", path)
@@ -321,12 +322,16 @@ def study_from_args(args):
 
 
 def check_plan(study, fractions, seeds, num_label_examples):
-    """Fails, naming the flag, on anything that cannot run, before any training."""
+    """Exits naming the flag on anything that cannot run, before any training
+    (`num_label_examples` None: only what needs no dataset)."""
+    if "[" in study.label_split:
+        sys.exit(f"--label_split: a split name without slicing (--label_examples takes its "
+                 f"first N examples), got {study.label_split!r}")
     if not fractions or any(not 0 < f <= 100 for f in fractions):
         sys.exit(f"--fractions: percentages in (0, 100], got {fractions}")
     if not seeds or min(seeds) < 0:
         sys.exit(f"--seeds: integers >= 0, got {seeds}")
-    for f in fractions:
+    for f in fractions if num_label_examples is not None else ():
         n = subset_size(num_label_examples, f)
         last = (max(seeds) + 1) * n if f < 100 else n
         if last > num_label_examples:
@@ -342,6 +347,7 @@ def main(argv=None):
     from tf_sogclr.data import describe, fashion_mnist
     if study.dataset == fashion_mnist.NAME:
         fashion_mnist.prepare_fashion_mnist(study.data_dir)
+    check_plan(study, args.fractions, seeds, None)
     num_label_examples = describe(study.dataset, study.label_split,
                                   study.data_dir).num_split_examples
     if study.label_examples is not None:

@@ -1,46 +1,22 @@
 """bench/small_batch_study.py: --quick end to end on the 128-example slice, resume, plan, table."""
 
-import importlib.util
+import functools
 import json
-import os
-import subprocess
-import sys
 
-import pytest
+from bench_scripts import PNG_MAGIC, module_fixture, read_jsonl, run_script, succeeded
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "bench", "small_batch_study.py")
 # --quick, shrunk to the fixture's 128 examples per split.
 QUICK = ["--quick", "--train_subset=128", "--test_subset=128"]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def study(*args, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def module():
-    spec = importlib.util.spec_from_file_location("small_batch_study", SCRIPT)
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = loaded  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(loaded)
-    yield loaded
-    sys.modules.pop(spec.name, None)
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+study = functools.partial(run_script, "small_batch_study")
+module = module_fixture("small_batch_study")
 
 
 def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, tmp_path):
     results = tmp_path / "results"
     args = [f"--results_dir={results}", f"--data_dir={small_fashion_mnist}", *QUICK]
-    done = study(*args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    succeeded(study(*args))
 
     records = read_jsonl(results / "runs.jsonl")
     assert sorted((r["method"], r["batch_size"], r["seed"]) for r in records) == [
@@ -75,8 +51,7 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
     kept = [r for r in records if r["method"] != "random"]
     with open(results / "runs.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
-    again = study(*args)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = succeeded(study(*args))
     assert "7 runs, 6 already in" in again.stdout and "1 to go" in again.stdout
     assert "random_b0_s0" in again.stdout and "sogclr_b32_s0" not in again.stdout
     after = read_jsonl(results / "runs.jsonl")
@@ -85,8 +60,7 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
 
 def test_plan_fits_the_budget_and_writes_nothing(tmp_path):
     results = tmp_path / "results"
-    done = study(f"--results_dir={results}", "--plan", timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = succeeded(study(f"--results_dir={results}", "--plan", timeout=120))
     assert "Runs (25, 0 already done)" in done.stdout
     for name in ("simclr_b32_s0", "sogclr_b512_s2", "supervised_b128_s2", "random_b0_s2",
                  "raw_pixels_b0_s0"):
