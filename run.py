@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -282,14 +283,33 @@ def main(argv):
     return summary
 
 
+def exit_after_lost_worker(error):
+    """Prints `error` (a `WorkerLostError`) with its traceback on stderr and ends the process
+    at once with status 1.
+
+    `os._exit`, not `sys.exit`: once a peer is lost, TensorFlow's teardown at interpreter exit
+    can wait on it (collective executors, the coordination-service agent) without end, and
+    whoever restarts the job waits for every worker to exit first.
+    """
+    traceback.print_exception(error)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def run_main(argv):
-    """`main` with usage errors reduced to one line on stderr and exit status 2."""
+    """`main` with usage errors reduced to one line on stderr and exit status 2, and a lost
+    worker to its error and exit status 1 (`exit_after_lost_worker`)."""
     import_quietly("tensorflow")  # Before any tf_sogclr module imports it.
+    from tf_sogclr.training.preemption import WorkerLostError
+
     try:
         print_summary(main(argv))
     except UsageError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except WorkerLostError as error:
+        exit_after_lost_worker(error)
 
 
 if __name__ == "__main__":

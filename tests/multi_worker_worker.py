@@ -122,6 +122,7 @@ def restored_step(model_dir):
 def main(argv):
     from tf_sogclr import distribute
     from tf_sogclr.training import lifecycle
+    from tf_sogclr.training.preemption import WorkerLostError
 
     parser = argparse.ArgumentParser()
     parser.add_argument("data_dir")
@@ -137,8 +138,11 @@ def main(argv):
     cfg = tiny_config(args.data_dir, args.model_dir, args.steps, args.checkpoint_steps)
     start = restored_step(args.model_dir)
     print(f"Starting at step {start}.", flush=True)
-    result = lifecycle.pretrain(cfg, strategy=strategy, verbose=0,
-                                dataset_fn=dataset_fn(args.data_dir, start, args.step_delay))
+    try:
+        result = lifecycle.pretrain(cfg, strategy=strategy, verbose=0,
+                                    dataset_fn=dataset_fn(args.data_dir, start, args.step_delay))
+    except WorkerLostError as error:  # Exit as run.py does.
+        run.exit_after_lost_worker(error)
     dump(result, args.out)
     with open(f"{args.out}.json", "w") as f:
         json.dump(result.distribution, f)

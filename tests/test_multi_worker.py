@@ -334,3 +334,28 @@ def test_the_lost_peer_is_read_from_the_collective_error(message, this_task, los
 
     cluster = {"worker": ["127.0.0.1:1000", "127.0.0.1:1001"]}
     assert preemption.lost_peer(message, cluster, this_task) == lost
+
+
+def test_a_lost_worker_exits_even_when_teardown_would_block(tmp_path):
+    """run.py's `exit_after_lost_worker`: the error's traceback on stderr and exit status 1
+    at once, though a non-daemon thread (as TensorFlow's teardown after a lost peer can)
+    would keep `sys.exit` waiting for ever."""
+    script = tmp_path / "lost.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        f"sys.path.insert(0, {os.path.dirname(HERE)!r})\n"
+        "import run\n"
+        "from tf_sogclr.training.preemption import WorkerLostError\n"
+        "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+        "try:\n"
+        "    raise WorkerLostError('worker 1 (127.0.0.1:1) was lost after step 2')\n"
+        "except WorkerLostError as error:\n"
+        "    run.exit_after_lost_worker(error)\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(HERE))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert time.monotonic() - start < 60
+    assert done.stderr.rstrip().endswith("tf_sogclr.training.preemption.WorkerLostError: "
+                                         "worker 1 (127.0.0.1:1) was lost after step 2")
+    assert "Traceback (most recent call last)" in done.stderr
