@@ -289,7 +289,8 @@ def exit_after_lost_worker(error):
 
     `os._exit`, not `sys.exit`: once a peer is lost, TensorFlow's teardown at interpreter exit
     can wait on it (collective executors, the coordination-service agent) without end, and
-    whoever restarts the job waits for every worker to exit first.
+    whoever restarts the job waits for every worker to exit first. What it skips: TensorBoard
+    events not yet flushed; checkpoints are complete or absent either way.
     """
     traceback.print_exception(error)
     sys.stdout.flush()
