@@ -189,7 +189,9 @@ def unset_optimizer_flags():
 
 
 def run_finetune(cfg, train_info, strategy):
-    """Fine-tunes with Keras fit (resuming if interrupted), evaluates, exports the classifier."""
+    """Fine-tunes with Keras fit (resuming if interrupted), evaluates beside the raw-pixel
+    linear classifier fit on the same labels (`finetune.raw_pixel_floor`), exports the
+    classifier."""
     import dataclasses
 
     from tf_sogclr import distribute
@@ -209,7 +211,9 @@ def run_finetune(cfg, train_info, strategy):
     summary = {"finetune_dir": result.finetune_dir, "tensorboard": result.log_dir,
                "epochs": result.epochs, "finetune_recipe": recipe,
                "finetune_crop_area_min": crop,
-               "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5)}}
+               "eval": {"top1": float(result.eval_top1), "top5": float(result.eval_top5),
+                        **finetune.raw_pixel_floor(cfg, knn_k=FLAGS.knn_k,
+                                                   knn_temperature=FLAGS.knn_temperature)}}
     if distribute.is_chief(strategy):
         step = int(result.model.optimizer.iterations.numpy())
         summary["export"] = export_model(finetune_model.ExportableClassifier(result.model), cfg, step,

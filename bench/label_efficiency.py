@@ -162,8 +162,8 @@ def run_cell(study, cell, num_label_examples, exports, results_dir):
     """Fine-tunes (or fits the floor of) one cell; returns its record."""
     import keras
 
-    from tf_sogclr import config, data
-    from tf_sogclr.evaluation import frozen_features
+    from tf_sogclr import config
+    from tf_sogclr.training import finetune
 
     split = subset_split(study, num_label_examples, cell.fraction, cell.seed)
     num_labels = subset_size(num_label_examples, cell.fraction)
@@ -173,22 +173,15 @@ def run_cell(study, cell, num_label_examples, exports, results_dir):
     record = {"kind": "cell", "source": cell.source, "fraction": cell.fraction,
               "seed": cell.seed, "split": split, "num_labels": num_labels}
     cfg = pretrain_config(study, "sogclr", results_dir)  # the data and model of every cell
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, train_split=split),
+        run=dataclasses.replace(cfg.run, seed=cell.seed))
     if cell.source == "raw_pixels":
-        def batches(name):
-            return data.eval_dataset(study.dataset, name, cfg.run.eval_batch_size,
-                                     cfg.data.image_size, data_dir=study.data_dir)
-
-        info = data.describe(study.dataset, study.test_split, study.data_dir)
-        scores = frozen_features.evaluate(frozen_features.raw_pixels, batches(split),
-                                          batches(study.test_split), info.num_classes)
-        record.update(test_top1=scores["linear_probe_top1"],
-                      train_top1=scores["linear_probe_train_top1"],
-                      knn_top1=scores["knn_top1"])
+        scores = finetune.raw_pixel_floor(cfg)
+        record.update(test_top1=scores["raw_pixels_linear_probe_top1"],
+                      train_top1=scores["raw_pixels_linear_probe_train_top1"],
+                      knn_top1=scores["raw_pixels_knn_top1"])
     else:
-        from tf_sogclr.training import finetune
-        cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, train_split=split),
-            run=dataclasses.replace(cfg.run, seed=cell.seed))
         fcfg = config.FinetuneConfig(
             checkpoint=exports[cell.source] if cell.source in PRETRAINED else "none",
             train_epochs=epochs, train_batch_size=batch,

@@ -81,6 +81,11 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
             "(--finetune_crop_area_min unset: the default for 28-px images)" in tuned.stdout)
     assert tuned_summary["finetune_dir"] == os.path.join(model_dir, "finetune")
     assert 0.0 <= tuned_summary["eval"]["top1"] <= tuned_summary["eval"]["top5"] <= 1.0
+    # Beside it, the floor: raw pixels fit on the same 128 labels, which a linear model of
+    # 784 inputs separates, scored on the same test split.
+    assert tuned_summary["eval"]["raw_pixels_linear_probe_train_top1"] == 1.0
+    for name in ("raw_pixels_linear_probe_top1", "raw_pixels_knn_top1"):
+        assert 0.1 < tuned_summary["eval"][name] <= 1.0, name
     from tf_sogclr import export
     loaded = export.load_encoder(tuned_summary["export"])
     outputs = loaded(np.zeros((2, 28, 28, 1), np.float32))

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tf_sogclr import checks, data
+from tf_sogclr.evaluation import frozen_features
 from tf_sogclr.training import loop, optim, preemption
 from tf_sogclr.training.finetune_model import (build_finetune_model, fine_tune_after_block,
                                                ft_proj_selector)
@@ -273,3 +274,25 @@ def finetune(pretrain_cfg, finetune_cfg, strategy=None, verbose=1, callbacks=(),
         source=plan.source, epochs=epochs, history=dict(history.history), eval_logs=eval_logs,
         eval_top1=eval_logs["top1"], eval_top5=eval_logs["top5"], finetune_dir=directory,
         weights_path=weights_path, backup_dir=backup_dir, log_dir=log_dir, model=model)
+
+
+def raw_pixel_floor(pretrain_cfg, knn_k=frozen_features.KNN_K,
+                    knn_temperature=frozen_features.KNN_TEMPERATURE):
+    """The floor a fine-tuned classifier must beat: raw pixels fit on the same labels.
+
+    `frozen_features.evaluate` of `frozen_features.raw_pixels` with the un-augmented train
+    split (`pretrain_cfg.data.train_split`, the fine-tuning labels) as the probe set, scored
+    on the eval split: {"raw_pixels_linear_probe_top1" (softmax regression on standardised
+    pixels), "raw_pixels_linear_probe_train_top1", "raw_pixels_knn_top1"}.
+    """
+    dc = pretrain_cfg.data
+
+    def batches(split):
+        return data.eval_dataset(dc.dataset, split, pretrain_cfg.run.eval_batch_size,
+                                 dc.image_size, data_dir=dc.data_dir)
+
+    num_classes = data.describe(dc.dataset, dc.eval_split, dc.data_dir).num_classes
+    scores = frozen_features.evaluate(frozen_features.raw_pixels, batches(dc.train_split),
+                                      batches(dc.eval_split), num_classes, knn_k=knn_k,
+                                      knn_temperature=knn_temperature)
+    return {f"raw_pixels_{name}": float(value) for name, value in scores.items()}
