@@ -18,9 +18,9 @@ Labelled subsets are stable and disjoint: seed s at fraction f% is examples
 index slicing; the pretraining saw the images, never the labels). Fractions below 100 get
 every --seeds (a new subset and a new initialisation each), 100% the first. Every cell
 fine-tunes for about --finetune_steps steps: batch 256, or the largest of 128, 64, 32, 16 that
-gives at least 8 steps an epoch, and as many epochs as the steps need (600 labels: batch 64, 56
-epochs; 6,000: batch 256, 22; 60,000: batch 256, 2). The spread is over labelled subsets and
-fine-tuning seeds; each method is pretrained once.
+gives at least 8 steps an epoch, and as many epochs as the steps need (300 steps: 600
+labels, batch 64, 33 epochs; 6,000: batch 256, 13; 60,000: batch 256, 1). The spread is over
+labelled subsets and fine-tuning seeds; each method is pretrained once.
 
 Writes `runs.jsonl` (one record per pretraining and per cell, after each), `results.md` (mean ±
 std per cell) and `label_efficiency.png` into --results_dir; run again with the same
@@ -71,7 +71,7 @@ class Study:
     label_split: str = "train"
     label_examples: int | None = None  # None: the whole label split
     test_split: str = "test"
-    finetune_steps: int = 500
+    finetune_steps: int = 300
 
     def config_id(self):
         """Hash of the settings that change a result (data_dir does not)."""

@@ -83,6 +83,9 @@ def test_subsets_are_disjoint_and_stable_and_schedules_keep_the_step_budget(modu
     assert module.finetune_schedule(600, 500) == (64, 56)
     assert module.finetune_schedule(6000, 500) == (256, 22)
     assert module.finetune_schedule(60_000, 500) == (256, 2)
+    assert module.finetune_schedule(600, 300) == (64, 33)  # the study's default budget
+    assert module.finetune_schedule(6000, 300) == (256, 13)
+    assert module.finetune_schedule(60_000, 300) == (256, 1)
     assert module.finetune_schedule(10, 20) == (10, 20)  # fewer labels than the smallest batch
     cells = module.cells([1, 10, 100], [0, 1, 2])
     assert len(cells) == 4 * (3 + 3 + 1) and len(set(cells)) == len(cells)
