@@ -135,8 +135,7 @@ def main():
             print(json.dumps({
                 "name": "bimodal_zero_shot_top1", "loss": loss if loss == "sogclr" else "clip",
                 "value": scores["zero_shot_top1"],
-                "image_to_text_recall@1": scores["image_to_text_recall@1"],
-                "image_to_text_recall@5": scores["image_to_text_recall@5"],
+                **{k: v for k, v in scores.items() if "_recall@" in k},
                 "train_steps": summary["step"], "batch": 64, "temperature": 0.03,
                 "seconds": round(summary["seconds"], 1), "load_average": _load()}), flush=True)
         return

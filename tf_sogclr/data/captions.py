@@ -22,9 +22,10 @@ training as in training. An image with no captions at all is paired with a blank
 (its text features are then zero). A caption longer than `max_text_length` tokens is
 truncated to its first `max_text_length` tokens by the tokenizer (`text.TextTokenizer`).
 
-Evaluation captions: a caption dataset's images keep all their captions; a templated
-dataset gives test image i the single caption `TEMPLATES[i % len(TEMPLATES)]` of its class.
-Zero-shot classification uses every template of every class (`class_prompts`).
+Evaluation captions: every image keeps all its captions; a templated dataset's are every
+template of its class, so retrieval counts any caption of the right class as the image's own
+(`evaluation.zero_shot` ranks distinct captions). Zero-shot classification uses every
+template of every class (`class_prompts`).
 """
 
 from __future__ import annotations
@@ -206,20 +207,12 @@ def eval_pairs(info: data.DatasetInfo, batch_size: int, image_size: int, *,
                data_dir: str | None = None, cache: bool = False,
                templates: tuple = TEMPLATES) -> tf.data.Dataset:
     """One pass in index order: {"image": [b, S, S, C] float32, "label", "index",
-    "captions": ragged string [b, (n)]} (templated: the one caption of templates[i % T])."""
+    "captions": ragged string [b, (n)]} (templated: every one of `templates` for its class)."""
     checks.positive_int("batch_size", batch_size)
     ds = _read_pairs(info, data_dir, False, None, None, templates)
-    num_templates = len(templates)
-    is_templated = templated(info)
-
-    def select(ex):
-        if is_templated:
-            ex["captions"] = ex["captions"][ex["index"] % num_templates][None]
-        if not info.fixed_size:
-            ex[IMAGE_KEY] = augment.preprocess_for_eval(ex[IMAGE_KEY][None], image_size)[0]
-        return ex
-
-    ds = ds.map(select, num_parallel_calls=AUTOTUNE)
+    if not info.fixed_size:
+        ds = ds.map(lambda ex: {**ex, IMAGE_KEY: augment.preprocess_for_eval(
+            ex[IMAGE_KEY][None], image_size)[0]}, num_parallel_calls=AUTOTUNE)
     if cache:
         ds = ds.cache()
     ds = ds.ragged_batch(batch_size)

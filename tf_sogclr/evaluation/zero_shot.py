@@ -1,5 +1,5 @@
 """Scores of an image-text dual encoder: zero-shot classification from class prompts, and
-image-to-text recall@k over captioned images.
+recall@k both ways (image to text, text to image) over captioned images.
 """
 
 import numpy as np
@@ -36,27 +36,30 @@ def zero_shot_top1(image_embeddings, labels, class_text_embeddings):
     return float(np.mean(predictions.numpy() == np.asarray(labels, np.int64)))
 
 
-def image_to_text_recall(image_embeddings, text_embeddings, text_owner, ks=(1, 5),
-                         chunk_size=1024):
-    """Image-to-text recall@k: fraction of images `[N, d]` with one of their own captions
-    among the k most similar texts `[M, d]`; `text_owner` `[M]` is each text's image row.
+def retrieval_recall(queries, gallery, relevant, ks=(1, 5, 10), chunk_size=1024):
+    """Recall@k: fraction of queries `[N, d]` with an item relevant to them among their k most
+    similar gallery items `[M, d]`; `relevant` is int pairs `[P, 2]` (query row, gallery row),
+    at least one per query.
 
-    Rank of image i = number of other images' texts scoring strictly above its best own text
-    (identical caption strings of other images tie, and ties count in the image's favour).
+    Rank of query q = number of gallery items not relevant to q that score strictly above its
+    best relevant one (ties count in q's favour).
     """
-    owner = tf.cast(tf.convert_to_tensor(text_owner), tf.int64)
-    num_images = int(image_embeddings.shape[0])
-    if owner.shape.rank != 1 or owner.shape[0] != text_embeddings.shape[0]:
-        raise ValueError("text_owner must give one image row per text embedding.")
-    missing = np.setdiff1d(np.arange(num_images), owner.numpy())
+    relevant = np.asarray(relevant, np.int64).reshape(-1, 2)
+    num_queries, num_items = int(queries.shape[0]), int(gallery.shape[0])
+    if relevant.size and (relevant.min() < 0 or relevant[:, 0].max() >= num_queries
+                          or relevant[:, 1].max() >= num_items):
+        raise ValueError(f"relevant pairs must index {num_queries} queries and {num_items} "
+                         "gallery items.")
+    missing = np.setdiff1d(np.arange(num_queries), relevant[:, 0])
     if missing.size:
-        raise ValueError(f"images {missing[:8].tolist()} have no caption among the texts.")
+        raise ValueError(f"queries {missing[:8].tolist()} have no relevant gallery item.")
     ranks = []
-    for start in range(0, num_images, chunk_size):
-        rows = tf.range(start, min(start + chunk_size, num_images), dtype=tf.int64)
-        scores = tf.matmul(image_embeddings[start:start + chunk_size], text_embeddings,
-                           transpose_b=True)  # [c, M]
-        own = tf.equal(rows[:, None], owner[None, :])
+    for start in range(0, num_queries, chunk_size):
+        stop = min(start + chunk_size, num_queries)
+        in_chunk = relevant[(relevant[:, 0] >= start) & (relevant[:, 0] < stop)]
+        own = np.zeros((stop - start, num_items), bool)
+        own[in_chunk[:, 0] - start, in_chunk[:, 1]] = True
+        scores = tf.matmul(queries[start:stop], gallery, transpose_b=True)  # [c, M]
         best_own = tf.reduce_max(tf.where(own, scores, -np.inf), axis=1, keepdims=True)
         above = tf.logical_and(tf.logical_not(own), scores > best_own)
         ranks.append(tf.reduce_sum(tf.cast(above, tf.int64), axis=1))
@@ -64,15 +67,43 @@ def image_to_text_recall(image_embeddings, text_embeddings, text_owner, ks=(1, 5
     return {k: float(np.mean(ranks < k)) for k in ks}
 
 
+def distinct_captions(texts, text_owner):
+    """The distinct strings of `texts` `[M]` (first-seen order) and the (image row, distinct
+    caption row) pairs `[P, 2]` that `text_owner` `[M]` (each text's image row) makes."""
+    if len(texts) != len(text_owner):
+        raise ValueError("text_owner must give one image row per text.")
+    rows = {}
+    pairs = sorted({(int(owner), rows.setdefault(text, len(rows)))
+                    for text, owner in zip(texts, text_owner)})
+    return list(rows), np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+def image_text_recall(image_embeddings, text_embeddings, pairs, ks=(1, 5, 10)):
+    """{"image_to_text_recall@k", "text_to_image_recall@k"} of unit image `[N, d]` and
+    distinct caption `[M, d]` embeddings; `pairs` `[P, 2]` (image row, caption row).
+
+    The gallery holds each distinct caption once, so captions that several images share
+    (a templated dataset's) are one item, not hundreds of tied ones.
+    """
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    to_text = retrieval_recall(image_embeddings, text_embeddings, pairs, ks)
+    to_image = retrieval_recall(text_embeddings, image_embeddings, pairs[:, ::-1], ks)
+    return {**{f"image_to_text_recall@{k}": v for k, v in to_text.items()},
+            **{f"text_to_image_recall@{k}": v for k, v in to_image.items()}}
+
+
 def evaluate_dual_encoder(encode_image, encode_text, dataset, prompts=None, eval_steps=0,
-                          recall_ks=(1, 5)):
-    """Zero-shot top-1 (with `prompts` [C][T]) and image-to-text recall@k on `dataset`.
+                          recall_ks=(1, 5, 10)):
+    """Zero-shot top-1 (with `prompts` [C][T]) and recall@k both ways on `dataset`.
 
     `dataset`: finite batches {"image", "label", "captions": ragged strings} (as
     `data.captions.eval_pairs`); `encode_image` / `encode_text`: images or strings -> `[b, d]`.
-    Returns {"zero_shot_top1"?, "image_to_text_recall@k"..., "num_images"}.
+    Recall ranks distinct captions (`image_text_recall`); an image without captions is
+    left out of it. Returns {"zero_shot_top1"?, "image_to_text_recall@k"...,
+    "text_to_image_recall@k"..., "num_images"}.
     """
     image_embeddings, labels, texts, owner = [], [], [], []
+    num_images = 0
     for i, batch in enumerate(dataset):
         if eval_steps and i >= eval_steps:
             break
@@ -83,17 +114,20 @@ def evaluate_dual_encoder(encode_image, encode_text, dataset, prompts=None, eval
         batch_captions = (batch_captions.to_list() if isinstance(batch_captions, tf.RaggedTensor)
                           else batch_captions.numpy().tolist())
         for captions_of_image in batch_captions:
-            captions_of_image = captions_of_image or [b""]
-            owner.extend([len(owner) and owner[-1] + 1] * len(captions_of_image))
+            owner.extend([num_images] * len(captions_of_image))
             texts.extend(c.decode("utf-8") for c in captions_of_image)
+            num_images += 1
     if not image_embeddings:
         raise ValueError("dataset yielded no batches.")
     image_embeddings = tf.concat(image_embeddings, 0)
-    results = {"num_images": int(image_embeddings.shape[0])}
+    results = {"num_images": num_images}
     if prompts is not None:
         results["zero_shot_top1"] = zero_shot_top1(
             image_embeddings, np.concatenate(labels), class_embeddings(encode_text, prompts))
-    recall = image_to_text_recall(image_embeddings, embed_texts(encode_text, texts), owner,
-                                  recall_ks)
-    results.update({f"image_to_text_recall@{k}": v for k, v in recall.items()})
+    if texts:
+        distinct, pairs = distinct_captions(texts, owner)
+        captioned = np.unique(pairs[:, 0])  # images without captions rank nothing
+        pairs[:, 0] = np.searchsorted(captioned, pairs[:, 0])
+        results.update(image_text_recall(tf.gather(image_embeddings, captioned),
+                                         embed_texts(encode_text, distinct), pairs, recall_ks))
     return results

@@ -78,9 +78,10 @@ def evaluate(cfg, checkpoint=None, eval_knn=True, knn_k=200, knn_temperature=0.1
     Unimodal: `linear_top1` / `linear_top5` (the linear head, when pretraining trained one)
     and, with `eval_knn`, the frozen encoder's `knn_top1` and `linear_probe_top1` against
     `--probe_split` (`Unimodal.probe_split`), beside raw pixels' (`raw_pixels_knn_top1`, ...).
-    Bimodal: `zero_shot_top1` (labelled datasets), `image_to_text_recall@1/5` and
-    `num_images`. `checkpoint` defaults to the newest in `cfg.run.model_dir`; "step" is its
-    step. Writes the scores as TensorBoard scalars to `model_dir/eval`.
+    Bimodal: `zero_shot_top1` (labelled datasets), `image_to_text_recall@1/5/10`,
+    `text_to_image_recall@1/5/10` and `num_images`. `checkpoint` defaults to the newest in
+    `cfg.run.model_dir`; "step" is its step. Writes the scores as TensorBoard scalars to
+    `model_dir/eval`.
     """
     strategy = strategy or tf.distribute.get_strategy()
     modality = modalities.get(cfg.modality)

@@ -305,7 +305,7 @@ class Bimodal(Modality):
 
     def evaluate(self, cfg, model, eval_steps=0, eval_knn=True, knn_k=200,
                  knn_temperature=0.1):
-        """Zero-shot top-1 (labelled datasets) and image-to-text recall@1/5 on the eval split
+        """Zero-shot top-1 (labelled datasets) and recall@1/5/10 both ways on the eval split
         (`eval_knn` and the k-NN settings concern unimodal runs)."""
         del eval_knn, knn_k, knn_temperature
         info = self.describe(cfg, cfg.data.eval_split)
