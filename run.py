@@ -116,15 +116,14 @@ def pretrain_config():
 
 
 def prepare_data(cfg, modality):
-    """Converts Debian's Fashion-MNIST into TFDS once; checks both splits exist (and, before
-    an evaluation, that the eval split has what it needs)."""
-    from tf_sogclr.data import fashion_mnist
+    """Builds an offline dataset (Debian's Fashion-MNIST, its mosaics) into TFDS once; checks
+    both splits exist (and, before an evaluation, that the eval split has what it needs)."""
+    from tf_sogclr.data import offline
 
-    if cfg.data.dataset == fashion_mnist.NAME:
-        try:
-            fashion_mnist.prepare_fashion_mnist(cfg.data.data_dir)
-        except FileNotFoundError as error:
-            raise UsageError(str(error)) from None
+    try:
+        offline.prepare(cfg.data.dataset, cfg.data.data_dir)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
     try:
         train_info = modality.describe(cfg, cfg.data.train_split)
         modality.describe(cfg, cfg.data.eval_split)

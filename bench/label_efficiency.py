@@ -337,9 +337,8 @@ def main(argv=None):
     args = parse_args(argv)
     study = study_from_args(args)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    from tf_sogclr.data import describe, fashion_mnist
-    if study.dataset == fashion_mnist.NAME:
-        fashion_mnist.prepare_fashion_mnist(study.data_dir)
+    from tf_sogclr.data import describe, offline
+    offline.prepare(study.dataset, study.data_dir)
     check_plan(study, args.fractions, seeds, None)
     num_label_examples = describe(study.dataset, study.label_split,
                                   study.data_dir).num_split_examples

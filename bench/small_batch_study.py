@@ -666,9 +666,8 @@ def main(argv=None):
     if args.plan:
         if args.probe:
             _quiet_tensorflow()
-            from tf_sogclr.data import fashion_mnist
-            if study.dataset == fashion_mnist.NAME:
-                fashion_mnist.prepare_fashion_mnist(study.data_dir)
+            from tf_sogclr.data import offline
+            offline.prepare(study.dataset, study.data_dir)
             rates = probe(study, batch_sizes)
             source = (f"measured here just now, wall clock, load average "
                       f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -680,9 +679,8 @@ def main(argv=None):
         return 0
 
     _quiet_tensorflow()
-    from tf_sogclr.data import fashion_mnist
-    if study.dataset == fashion_mnist.NAME:
-        fashion_mnist.prepare_fashion_mnist(study.data_dir)
+    from tf_sogclr.data import offline
+    offline.prepare(study.dataset, study.data_dir)
     for method in CONTRASTIVE:  # bad flag values fail here, before any run
         pretrain_config(study, Run(method, min(batch_sizes), 0), args.results_dir)
     os.makedirs(args.results_dir, exist_ok=True)

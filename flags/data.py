@@ -29,6 +29,9 @@ flags.DEFINE_bool("use_blur", DataConfig.use_blur,
                   "Gaussian blur augmentation (ImageNet-size images).")
 flags.DEFINE_float("crop_area_min", DataConfig.crop_area_min,
                    "Smallest area fraction of pretraining's random resized crops.")
+flags.DEFINE_bool("random_flip", DataConfig.random_flip,
+                  "Random horizontal flips in pretraining's views. Must be false for captions "
+                  "that name left and right (fashion_mnist_mosaics).")
 flags.DEFINE_float("finetune_crop_area_min", FinetuneConfig.finetune_crop_area_min,
                    "Smallest area fraction of fine-tuning's random resized crops; unset: 1.0 "
                    f"(no crop, flips only) for images of {SMALL_IMAGE_SIZE} px or less, "

@@ -54,6 +54,7 @@ class DataConfig:
     color_jitter_strength: float = 0.5
     use_blur: bool = False
     crop_area_min: float = 0.08
+    random_flip: bool = True  # off for captions that name left and right
     shuffle_buffer: int = 10_000
 
     def validate(self):

@@ -7,6 +7,8 @@
     image_ops       batch primitives of both: stateless draws, dtype, channel-major layout
     captions        caption templates, caption extraction and image-caption pair batches
     fashion_mnist   the TFDS builder of Debian's Fashion-MNIST files
+    fashion_mnist_mosaics   2x2 mosaics of them captioned by item and position (image-text)
+    offline         the offline builders by name: `offline.prepare(dataset, data_dir)`
 
 The names of `tfds_source` and `pipelines` are available from here (`data.describe`).
 """

@@ -49,8 +49,7 @@ TEMPLATES = (
     "an image of a {}.",
 )
 # Caption-friendly names of Fashion-MNIST's classes (its label names are "T-shirt/top", ...).
-FASHION_MNIST_CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal",
-                             "shirt", "sneaker", "bag", "ankle boot")
+FASHION_MNIST_CLASS_NAMES = fashion_mnist.CAPTION_NAMES
 
 
 def caption_feature(info: data.DatasetInfo) -> str | None:

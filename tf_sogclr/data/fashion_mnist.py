@@ -21,6 +21,9 @@ CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+# The same classes as captions spell them.
+CAPTION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                 "sneaker", "bag", "ankle boot")
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -114,14 +117,21 @@ def prepare_fashion_mnist(
     Idempotent: an already prepared dataset is left alone. `max_examples_per_split` keeps the
     first n examples of each split (for tests); `num_shards` forces the shard count per split.
     """
+    return prepare_builder(FashionMnistDebian, data_dir, source_dir, max_examples_per_split,
+                           num_shards)
+
+
+def prepare_builder(builder_class, data_dir, source_dir, max_examples_per_split, num_shards):
+    """Prepares `builder_class` (a builder of Debian's idx files in `source_dir`) under
+    `data_dir` unless it is; returns its name. See `prepare_fashion_mnist`."""
     if max_examples_per_split is not None and max_examples_per_split < 1:
         raise ValueError(
             f"max_examples_per_split must be None or >= 1, got {max_examples_per_split}")
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"num_shards must be None or >= 1, got {num_shards}")
-    builder = FashionMnistDebian(data_dir=data_dir)
+    builder = builder_class(data_dir=data_dir)
     if builder.is_prepared():
-        return NAME
+        return builder.name
     check_source_dir(source_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
@@ -130,4 +140,4 @@ def prepare_fashion_mnist(
             num_shards=num_shards,
         )
     )
-    return NAME
+    return builder.name

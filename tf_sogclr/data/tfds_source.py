@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_sogclr.data import fashion_mnist  # noqa: F401  (registers `fashion_mnist_debian`)
+from tf_sogclr.data import offline  # registers the offline builders with TFDS
 
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -77,13 +77,13 @@ def prepared_builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBui
             f"dataset={dataset!r} is not a known TFDS dataset"
             + (f"; close names: {close}" if close else "")
             + ". tensorflow_datasets.list_builders() lists all names; "
-            f"{fashion_mnist.NAME!r} is Fashion-MNIST built offline by this package."
+            f"{sorted(offline.PREPARE)} are built offline by this package."
         ) from None
     if not builder.is_prepared():
         prepared = sorted(n for n in (os.listdir(data_dir) if data_dir and os.path.isdir(data_dir)
                                       else []) if not n.startswith(("downloads", ".")))
-        hint = (f" Run tf_sogclr.data.fashion_mnist.prepare_fashion_mnist({data_dir!r}) first."
-                if builder.name == fashion_mnist.NAME else
+        hint = (f" Run tf_sogclr.data.offline.prepare({builder.name!r}, {data_dir!r}) first."
+                if offline.is_offline(builder.name) else
                 " Prepare it first (tfds.builder(...).download_and_prepare() where a network "
                 "or manual files are available).")
         raise ValueError(

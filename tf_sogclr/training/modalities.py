@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tf_sogclr import checks, config, losses
 from tf_sogclr import data as data_lib
-from tf_sogclr.data import augment, captions
+from tf_sogclr.data import augment, captions, offline
 from tf_sogclr.evaluation import frozen_features, zero_shot
 from tf_sogclr.export import dual_encoder as dual_encoder_export
 from tf_sogclr.export import encoder as encoder_export
@@ -146,7 +146,8 @@ class Unimodal(Modality):
     def dataset_fn(self, cfg, info, model):
         augmenter = augment.SimCLRAugment(
             cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
-            color_jitter_strength=cfg.data.color_jitter_strength, use_blur=cfg.data.use_blur)
+            color_jitter_strength=cfg.data.color_jitter_strength, use_blur=cfg.data.use_blur,
+            flip=cfg.data.random_flip)
 
         def fn(context):
             return data_lib.pretrain_dataset(
@@ -279,6 +280,10 @@ class Bimodal(Modality):
     def check_against_data(self, cfg, info, strategy):
         run = dataclasses.replace(cfg.run, lineareval_while_pretraining=False)
         super().check_against_data(dataclasses.replace(cfg, run=run), info, strategy)
+        if cfg.data.random_flip and offline.captions_name_sides(info.name):
+            raise ValueError(
+                f"--random_flip=true mirrors the images of {info.name}, whose captions name "
+                "left and right; pass --random_flip=false.")
 
     def build_model(self, cfg, info, strategy, vocabulary_checkpoint=None):
         """The dual encoder; its tokenizer takes `vocabulary_checkpoint`'s vocabulary (a run
@@ -290,7 +295,7 @@ class Bimodal(Modality):
     def dataset_fn(self, cfg, info, model):
         augmenter = augment.SimCLRAugment(
             cfg.data.image_size, channels=info.channels, crop_area_min=cfg.data.crop_area_min,
-            color_distort=False)
+            flip=cfg.data.random_flip, color_distort=False)
 
         def fn(context):
             return captions.pair_dataset(
