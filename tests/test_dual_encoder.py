@@ -58,3 +58,21 @@ def test_an_index_outside_the_u_tables_is_refused():
     with pytest.raises(ValueError, match="index must be in"):
         tiny.dual_encoder("sogclr").loss_layer(tf.ones((2, 8)), tf.ones((2, 8)),
                                                tf.constant([0, tiny.NUM_EXAMPLES]))
+
+
+def test_adamw_decays_weights_but_not_norms_biases_or_the_temperature():
+    """FastCLIP's AdamW: decoupled decay on kernels and embeddings only. With zero gradients
+    Adam's own step is 0, so what one step changes is what the decay touches."""
+    model = tiny.dual_encoder("sogclr", learnable=True, optimizer="adamw", learning_rate=0.5)
+    assert float(model.weight_decay_loss()) == 0.0  # nothing of it left for the loss
+    before = {v.path: v.numpy() for v in model.trainable_variables}
+    model.optimizer.apply_gradients(
+        [(tf.zeros_like(v), v) for v in model.trainable_variables])
+    changed = {v.path for v in model.trainable_variables
+               if not np.array_equal(v.numpy(), before[v.path])}
+    excluded = ("batch_norm", "layer_norm", "bias", "temperature")
+    expected = {p for p in before
+                if not any(word in p for word in excluded) and np.any(before[p] != 0)}
+    assert changed == expected
+    assert any("temperature" in p for p in before) and any("layer_norm" in p for p in before)
+    assert any("embedding" in p for p in changed)

@@ -150,8 +150,8 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
         return outputs
 
     def weight_decay_loss(self):
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if self.weight_decay == 0.0 or isinstance(optimizer, optim.LARS):
+        if self.weight_decay == 0.0 or optim.weight_decay_in_optimizer(
+                optim.optimizer_name(self.optimizer)):
             return tf.constant(0.0)
         return optim.l2_weight_decay_loss(self.trainable_variables, self.weight_decay,
                                           exclude=NO_DECAY_PATTERNS)

@@ -91,9 +91,8 @@ class SogCLRModel(contrastive_model.ContrastiveModel):
     def weight_decay_loss(self):
         if self.weight_decay == 0.0:
             return tf.constant(0.0)
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        name = "lars" if isinstance(optimizer, optim.LARS) else "momentum"
-        return optim.weight_decay_loss(name, self.trainable_variables, self.weight_decay)
+        return optim.weight_decay_loss(optim.optimizer_name(self.optimizer),
+                                       self.trainable_variables, self.weight_decay)
 
     def _linear_loss(self, logits, labels):
         return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(

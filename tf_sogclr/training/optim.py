@@ -1,4 +1,4 @@
-"""Optimisation: LARS, warm-up + cosine schedule, learning-rate scaling, weight decay.
+"""Optimisation: LARS, AdamW, warm-up + cosine schedule, learning-rate scaling, weight decay.
 
 Follows SimCLR TF2 (`lars_optimizer.py` and the optimiser parts of `model.py`), with explicit
 arguments instead of flags.
@@ -202,6 +202,37 @@ class LARS(keras.optimizers.Optimizer):
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
+class AdamW(keras.optimizers.AdamW):
+    """Keras's AdamW (decoupled weight decay: each step also subtracts lr * weight_decay *
+    variable) with LARS's exclusions: regexes searched in each variable's `path`.
+
+    Keras's own `exclude_from_weight_decay(var_names=...)` matches the short variable name
+    ("kernel"), which cannot tell the supervised head from the encoder, nor a layer norm's
+    "gamma" from a batch norm's; so the exclusions are resolved here when the slots are built.
+    """
+
+    def __init__(self, learning_rate, weight_decay=0.0,
+                 exclude_from_weight_decay=DEFAULT_EXCLUDES, name="adamw", **kwargs):
+        _check_hyperparameters(learning_rate, 0.0, weight_decay)
+        super().__init__(learning_rate=_as_float_if_number(learning_rate),
+                         weight_decay=float(weight_decay), name=name, **kwargs)
+        self.weight_decay_excludes = tuple(
+            _check_patterns(exclude_from_weight_decay, "exclude_from_weight_decay"))
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().exclude_from_weight_decay(var_list=[
+            v for v in variables if _matches_any(_variable_path(v), self.weight_decay_excludes)])
+        super().build(variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config["exclude_from_weight_decay"] = list(self.weight_decay_excludes)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_sogclr")
 class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """SimCLR's WarmUpAndCosineDecay, computed by Keras's CosineDecay (from 0, warmup_target):
 
@@ -274,9 +305,19 @@ def _check_optimizer_name(name):
 
 
 def weight_decay_in_optimizer(name):
-    """True if optimizer `name` applies weight decay itself (LARS); else it goes in the loss."""
+    """True if optimizer `name` applies weight decay itself (LARS, AdamW); else it goes in
+    the loss."""
     _check_optimizer_name(name)
-    return name == "lars"
+    return name in ("lars", "adamw")
+
+
+def optimizer_name(optimizer):
+    """The `build_optimizer` name of a built optimiser (a loss-scale wrapper's inner one)."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    for name, kind in (("lars", LARS), ("adamw", AdamW), ("adam", keras.optimizers.Adam)):
+        if isinstance(optimizer, kind):
+            return name
+    return "momentum"
 
 
 def build_optimizer(
@@ -288,10 +329,12 @@ def build_optimizer(
     nesterov=False,
     trust_coefficient=0.001,
 ):
-    """Builds the optimiser named `name` ("lars", "momentum" or "adam"), as SimCLR does.
+    """Builds the optimiser named `name` ("lars", "momentum", "adam" or "adamw"), as SimCLR
+    does ("adamw": FastCLIP's).
 
-    Only "lars" uses `weight_decay`, `exclude_from_weight_decay` and `trust_coefficient`;
-    for the others add `weight_decay_loss(...)` to the loss. "adam" ignores `momentum`.
+    "lars" and "adamw" apply `weight_decay` themselves, to every variable whose path matches
+    no `exclude_from_weight_decay` regex; only "lars" uses `trust_coefficient`. For the others
+    add `weight_decay_loss(...)` to the loss. "adam" and "adamw" ignore `momentum`.
     """
     _check_optimizer_name(name)
     _check_hyperparameters(learning_rate, momentum, weight_decay)
@@ -307,6 +350,9 @@ def build_optimizer(
         )
     if name == "momentum":
         return keras.optimizers.SGD(learning_rate, momentum=float(momentum), nesterov=nesterov)
+    if name == "adamw":
+        return AdamW(learning_rate, weight_decay=weight_decay,
+                     exclude_from_weight_decay=exclude_from_weight_decay)
     return keras.optimizers.Adam(learning_rate)
 
 
@@ -349,8 +395,9 @@ def l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,))
 def weight_decay_loss(name, variables, weight_decay):
     """The L2 term to add to the loss for optimizer `name` (SimCLR's `add_weight_decay`).
 
-    "lars": only the supervised head's non-bias weights (LARS's DEFAULT_EXCLUDES leave them
-    out); "momentum"/"adam": every variable except batch-norm ones.
+    "lars", "adamw": only the supervised head's non-bias weights (DEFAULT_EXCLUDES leave
+    them out of the optimiser's decay); "momentum"/"adam": every variable except batch-norm
+    ones.
     """
     _check_optimizer_name(name)
     if weight_decay_in_optimizer(name):
