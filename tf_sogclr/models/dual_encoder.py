@@ -55,8 +55,8 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
       tokenizer: `text.TextTokenizer`, strings -> token ids (kept in checkpoints, exports).
       learnable_temperature: learn one global tau (module docstring), starting at the loss
         layer's temperature; `temperature_rho` is iSogCLR's rho (SogCLR loss only).
-      weight_decay: L2 decay through the loss for momentum/Adam (LARS decays internally);
-        batch norm, layer norm, biases and the temperature are not decayed.
+      weight_decay: L2 decay through the loss for momentum/Adam (LARS and AdamW decay
+        internally); batch norm, layer norm, biases and the temperature are not decayed.
     """
 
     NONFINITE_TERMS = ("embeddings", "contrastive_loss", "temperature_term", "weight_decay",

@@ -40,7 +40,8 @@ def ft_proj_selector(pretrain_cfg, finetune_cfg):
 
 class FinetuneModel(keras.Model):
     """A functional classifier images `[b, H, W, C]` -> logits `[b, classes]` whose training loss
-    adds SimCLR's L2 weight decay for `optimizer` (LARS: only the head; else all but batch norm).
+    adds SimCLR's L2 weight decay for `optimizer` (LARS, AdamW: only the head; else all but
+    batch norm).
     """
 
     def __init__(self, *args, weight_decay=0.0, optimizer_name="momentum", **kwargs):
