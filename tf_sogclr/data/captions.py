@@ -33,7 +33,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_sogclr import checks, data
-from tf_sogclr.data import augment, fashion_mnist
+from tf_sogclr.data import augment, fashion_mnist, offline
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_KEY, LABEL_KEY = "image", "label"
@@ -67,7 +67,7 @@ def class_names(info: data.DatasetInfo) -> tuple | None:
     """Class names as captions spell them; None without labels."""
     if info.label_names is None:
         return None
-    if info.name.split(":")[0].split("/")[0] == fashion_mnist.NAME:
+    if offline.base_name(info.name) == fashion_mnist.NAME:
         return FASHION_MNIST_CLASS_NAMES
     return tuple(name.replace("_", " ").lower() for name in info.label_names)
 
