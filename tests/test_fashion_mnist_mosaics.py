@@ -64,6 +64,16 @@ def test_mosaic_items_are_deterministic_and_test_captions_distinct():
     assert len(mosaics.caption([9] * 4).split()) == 16
 
 
+def test_single_items_tile_into_mosaics_of_one_class_with_their_caption():
+    images, labels = _source("test")
+    tiled = mosaics.tile(tf.constant(images[:3, :, :, None])).numpy()
+    for image, item in zip(tiled, images[:3]):
+        np.testing.assert_array_equal(image, mosaics.compose(np.stack([item] * 4)))
+    prompts = mosaics.item_prompts()
+    assert len(prompts) == 10 and prompts[8] == [
+        "bag top left, bag top right, bag bottom left, bag bottom right"]
+
+
 def test_offline_datasets_prepare_by_name_and_refuse_missing_files(tmp_path):
     assert offline.is_offline("fashion_mnist_mosaics:1.0.0")
     assert not offline.prepare("mnist", str(tmp_path))
@@ -90,6 +100,8 @@ def test_image_text_training_on_mosaics_reports_recall_both_ways(mosaics_dir, tm
     assert result.step == 2 and result.logs["bad_steps"] == 0
     scores = lifecycle.evaluate(cfg)
     assert scores["num_images"] == NUM and "zero_shot_top1" not in scores  # no labels
+    # Zero-shot on single items instead: Fashion-MNIST's test items, each tiled four times.
+    assert 0.0 <= scores["item_zero_shot_top1"] <= 1.0
     for direction in ("image_to_text", "text_to_image"):
         recall = [scores[f"{direction}_recall@{k}"] for k in (1, 5, 10)]
         assert 0.0 <= recall[0] <= recall[1] <= recall[2] <= 1.0, (direction, recall)

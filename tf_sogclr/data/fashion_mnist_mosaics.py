@@ -19,7 +19,12 @@ deterministically from `SEED`; a mosaic's index is its TFDS index, as for any da
 
 Features: "image" uint8 [56, 56, 1], "caption" text, "items" (the four items' classes in
 reading order, `fashion_mnist.CLASS_NAMES`' ClassLabel) and "item_ids" (their indices in the
-Fashion-MNIST split). No "label": zero-shot classification does not apply to a mosaic.
+Fashion-MNIST split). No "label": a mosaic has no one class.
+
+Zero-shot on single items instead: a Fashion-MNIST test image shown four times (`tile`, a
+mosaic of one class), classified by the captions of such mosaics (`item_prompts`: "bag top
+left, bag top right, bag bottom left, bag bottom right"). Preparing the mosaics prepares
+`fashion_mnist_debian` beside them for it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_sogclr.data import fashion_mnist
@@ -50,6 +56,17 @@ def compose(items: np.ndarray) -> np.ndarray:
     """A mosaic uint8 [56, 56, 1] of four items uint8 [4, 28, 28] in reading order."""
     rows = [np.concatenate(list(items[r * GRID:(r + 1) * GRID]), axis=1) for r in range(GRID)]
     return np.concatenate(rows, axis=0)[:, :, None]
+
+
+def tile(images):
+    """Single items `[b, 28, 28, C]` -> mosaics `[b, 56, 56, C]` of four copies each."""
+    return tf.tile(images, [1, GRID, GRID, 1])
+
+
+def item_prompts():
+    """Zero-shot prompts of tiled single items: per class, the caption of a mosaic of four
+    of it ([C][1] str, in label order)."""
+    return [[caption([c] * GRID * GRID)] for c in range(len(fashion_mnist.CAPTION_NAMES))]
 
 
 def mosaic_items(split: str, labels: np.ndarray) -> np.ndarray:
@@ -110,9 +127,12 @@ def prepare_fashion_mnist_mosaics(
     max_examples_per_split: int | None = None,
     num_shards: int | None = None,
 ) -> str:
-    """Writes the mosaics as TFDS files under `data_dir` once; returns the builder name.
+    """Writes the mosaics, and Fashion-MNIST for their single-item zero-shot, as TFDS files
+    under `data_dir` once; returns the mosaics' builder name.
 
-    Idempotent; `max_examples_per_split` keeps each split's first n mosaics (for tests).
+    Idempotent; `max_examples_per_split` keeps each split's first n examples (for tests).
     """
+    fashion_mnist.prepare_fashion_mnist(data_dir, source_dir, max_examples_per_split,
+                                        num_shards)
     return fashion_mnist.prepare_builder(FashionMnistMosaics, data_dir, source_dir,
                                          max_examples_per_split, num_shards)

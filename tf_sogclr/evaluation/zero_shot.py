@@ -36,6 +36,22 @@ def zero_shot_top1(image_embeddings, labels, class_text_embeddings):
     return float(np.mean(predictions.numpy() == np.asarray(labels, np.int64)))
 
 
+def labelled_zero_shot_top1(encode_image, encode_text, dataset, prompts, eval_steps=0):
+    """Zero-shot top-1 with `prompts` [C][T] over finite {"image", "label"} batches;
+    `encode_image` / `encode_text`: images or strings -> `[b, d]`."""
+    embeddings, labels = [], []
+    for i, batch in enumerate(dataset):
+        if eval_steps and i >= eval_steps:
+            break
+        embeddings.append(tf.math.l2_normalize(
+            tf.cast(encode_image(batch["image"]), tf.float32), -1))
+        labels.append(batch["label"].numpy())
+    if not embeddings:
+        raise ValueError("dataset yielded no batches.")
+    return zero_shot_top1(tf.concat(embeddings, 0), np.concatenate(labels),
+                          class_embeddings(encode_text, prompts))
+
+
 def retrieval_recall(queries, gallery, relevant, ks=(1, 5, 10), chunk_size=1024):
     """Recall@k: fraction of queries `[N, d]` with an item relevant to them among their k most
     similar gallery items `[M, d]`; `relevant` is int pairs `[P, 2]` (query row, gallery row),

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tf_sogclr import checks, config, losses
 from tf_sogclr import data as data_lib
-from tf_sogclr.data import augment, captions, offline
+from tf_sogclr.data import augment, captions, fashion_mnist, fashion_mnist_mosaics, offline
 from tf_sogclr.evaluation import frozen_features, zero_shot
 from tf_sogclr.export import dual_encoder as dual_encoder_export
 from tf_sogclr.export import encoder as encoder_export
@@ -310,8 +310,9 @@ class Bimodal(Modality):
 
     def evaluate(self, cfg, model, eval_steps=0, eval_knn=True, knn_k=200,
                  knn_temperature=0.1):
-        """Zero-shot top-1 (labelled datasets) and recall@1/5/10 both ways on the eval split
-        (`eval_knn` and the k-NN settings concern unimodal runs)."""
+        """Zero-shot top-1 (labelled datasets) and recall@1/5/10 both ways on the eval split;
+        on fashion_mnist_mosaics also zero-shot on single items (`item_zero_shot_top1`).
+        `eval_knn` and the k-NN settings concern unimodal runs."""
         del eval_knn, knn_k, knn_temperature
         info = self.describe(cfg, cfg.data.eval_split)
         dataset = captions.eval_pairs(info, cfg.run.eval_batch_size, cfg.data.image_size,
@@ -319,8 +320,26 @@ class Bimodal(Modality):
         encode_image = tf.function(model.encode_image, reduce_retracing=True)
         encode_text = tf.function(model.encode_text, reduce_retracing=True)
         prompts = captions.class_prompts(info) if info.label_names is not None else None
-        return zero_shot.evaluate_dual_encoder(encode_image, encode_text, dataset, prompts,
-                                               eval_steps)
+        results = zero_shot.evaluate_dual_encoder(encode_image, encode_text, dataset, prompts,
+                                                  eval_steps)
+        if offline.base_name(cfg.data.dataset) == fashion_mnist_mosaics.NAME:
+            results["item_zero_shot_top1"] = self.item_zero_shot_top1(
+                cfg, encode_image, encode_text, eval_steps)
+        return results
+
+    @staticmethod
+    def item_zero_shot_top1(cfg, encode_image, encode_text, eval_steps=0):
+        """Zero-shot top-1 of a mosaics model on Fashion-MNIST's test items, each tiled into
+        a mosaic of four (`fashion_mnist_mosaics.tile`, `item_prompts`)."""
+        items = data_lib.eval_dataset(
+            fashion_mnist.NAME, "test", cfg.run.eval_batch_size, fashion_mnist_mosaics.ITEM_SIZE,
+            data_dir=cfg.data.data_dir).map(lambda b: {
+                "image": augment.preprocess_for_eval(fashion_mnist_mosaics.tile(b["image"]),
+                                                     cfg.data.image_size),
+                "label": b["label"]})
+        return zero_shot.labelled_zero_shot_top1(encode_image, encode_text, items,
+                                                 fashion_mnist_mosaics.item_prompts(),
+                                                 eval_steps)
 
     def export_for_step(self, model, base_dir, step, image_shape, keep_max):
         return dual_encoder_export.export_dual_encoder_for_step(model, base_dir, step,
