@@ -35,7 +35,9 @@ def test_fashion_mnist_pairs_have_stable_indices_and_template_captions(small_fas
     # Every image's captions are every template of its class: any of them is its own.
     expected = [[t.format(names[c]).encode() for t in captions.TEMPLATES]
                 for c in first["label"].numpy()]
-    assert first["captions"].to_list() == expected
+    # Dense [b, 8]: every image has as many captions (a caption dataset's batch is ragged).
+    assert first["captions"].shape == (16, 8)
+    assert first["captions"].numpy().tolist() == expected
 
 
 class MockCaptions(tfds.core.GeneratorBasedBuilder):
