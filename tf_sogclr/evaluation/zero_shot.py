@@ -2,6 +2,8 @@
 recall@k both ways (image to text, text to image) over captioned images.
 """
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 
@@ -36,18 +38,24 @@ def zero_shot_top1(image_embeddings, labels, class_text_embeddings):
     return float(np.mean(predictions.numpy() == np.asarray(labels, np.int64)))
 
 
+def embedded_batches(encode_image, dataset, eval_steps=0):
+    """(unit image embeddings float32 `[b, d]`, batch) for the first `eval_steps` batches of
+    `dataset` (all when 0); raises ValueError when it yields none."""
+    count = 0
+    for batch in itertools.islice(dataset, eval_steps or None):
+        count += 1
+        yield tf.math.l2_normalize(tf.cast(encode_image(batch["image"]), tf.float32), -1), batch
+    if not count:
+        raise ValueError("dataset yielded no batches.")
+
+
 def labelled_zero_shot_top1(encode_image, encode_text, dataset, prompts, eval_steps=0):
     """Zero-shot top-1 with `prompts` [C][T] over finite {"image", "label"} batches;
     `encode_image` / `encode_text`: images or strings -> `[b, d]`."""
     embeddings, labels = [], []
-    for i, batch in enumerate(dataset):
-        if eval_steps and i >= eval_steps:
-            break
-        embeddings.append(tf.math.l2_normalize(
-            tf.cast(encode_image(batch["image"]), tf.float32), -1))
+    for embedding, batch in embedded_batches(encode_image, dataset, eval_steps):
+        embeddings.append(embedding)
         labels.append(batch["label"].numpy())
-    if not embeddings:
-        raise ValueError("dataset yielded no batches.")
     return zero_shot_top1(tf.concat(embeddings, 0), np.concatenate(labels),
                           class_embeddings(encode_text, prompts))
 
@@ -120,11 +128,8 @@ def evaluate_dual_encoder(encode_image, encode_text, dataset, prompts=None, eval
     """
     image_embeddings, labels, texts, owner = [], [], [], []
     num_images = 0
-    for i, batch in enumerate(dataset):
-        if eval_steps and i >= eval_steps:
-            break
-        image_embeddings.append(tf.math.l2_normalize(
-            tf.cast(encode_image(batch["image"]), tf.float32), -1))
+    for embedding, batch in embedded_batches(encode_image, dataset, eval_steps):
+        image_embeddings.append(embedding)
         labels.append(batch["label"].numpy())
         batch_captions = batch["captions"]  # Ragged, or dense when all counts agree.
         batch_captions = (batch_captions.to_list() if isinstance(batch_captions, tf.RaggedTensor)
@@ -133,8 +138,6 @@ def evaluate_dual_encoder(encode_image, encode_text, dataset, prompts=None, eval
             owner.extend([num_images] * len(captions_of_image))
             texts.extend(c.decode("utf-8") for c in captions_of_image)
             num_images += 1
-    if not image_embeddings:
-        raise ValueError("dataset yielded no batches.")
     image_embeddings = tf.concat(image_embeddings, 0)
     results = {"num_images": num_images}
     if prompts is not None:
