@@ -26,7 +26,3 @@ flags.DEFINE_bool("learnable_temperature", TextConfig.learnable_temperature,
                   "Bimodal: learn one global temperature in "
                   f"{config.TEMPERATURE_RANGE}, starting at --temperature (SogCLR: iSogCLR's "
                   "gradient with --temperature_rho).")
-flags.DEFINE_float("temperature_rho", TextConfig.temperature_rho,
-                   "Bimodal SogCLR with --learnable_temperature: iSogCLR's rho, the KL "
-                   "divergence of the negatives' weights from uniform that tau settles at "
-                   "(keep below log(batch - 1)).")

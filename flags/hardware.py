@@ -1,9 +1,10 @@
-"""Accelerators, distribution, compilation and precision (defaults: `config.RunConfig`)."""
+"""Accelerators, distribution, compilation and precision (defaults: `config.RunConfig`; the
+backward pass without collectives: `config.LossConfig`)."""
 
 from absl import flags
 
 from tf_sogclr import config
-from tf_sogclr.config import RunConfig
+from tf_sogclr.config import LossConfig, RunConfig
 
 flags.DEFINE_bool("use_tpu", False, "Run on Cloud TPU (TPUStrategy).")
 flags.DEFINE_string("tpu_name", None, "TPU name or grpc address (with --use_tpu).")
@@ -16,3 +17,7 @@ flags.DEFINE_bool("jit_compile", RunConfig.jit_compile,
 flags.DEFINE_enum("mixed_precision", RunConfig.mixed_precision, config.MIXED_PRECISION,
                   "Mixed precision policy (mixed_bfloat16 on TPU). The loss stays float32.")
 flags.DEFINE_integer("seed", RunConfig.seed, "Random seed (weights, augmentation, shuffling).")
+flags.DEFINE_bool("collective_free_backward", LossConfig.collective_free_backward,
+                  "Several replicas: gather projections without gradient and give each "
+                  "replica's rows their gradient from every anchor locally (FastCLIP's split), "
+                  "so the backward pass runs no collective. Same gradients, any loss.")

@@ -25,3 +25,26 @@ flags.DEFINE_enum("gradient_scale", LossConfig.gradient_scale, config.GRADIENT_S
                   "its gradient is that of the InfoNCE control (--loss=simclr) at the same tau "
                   "and switching --loss keeps the step; libauc: the authors' value (LibAUC), "
                   "whose gradient is tau times smaller.")
+flags.DEFINE_bool("individual_temperatures", LossConfig.individual_temperatures,
+                  "--loss=sogclr: iSogCLR's individual temperatures, one learned tau per "
+                  "training example (image-text: one per pair and direction), starting at "
+                  "--temperature, kept in the checkpoint beside the u-table.")
+flags.DEFINE_float("temperature_min", LossConfig.temperature_min,
+                   "Individual temperatures: the clamp's lower end tau_min, in (0, 1).")
+flags.DEFINE_float("temperature_max", LossConfig.temperature_max,
+                   "Individual temperatures: the clamp's upper end tau_max (> tau_min).")
+flags.DEFINE_float("temperature_learning_rate", LossConfig.temperature_learning_rate,
+                   "Individual temperatures: eta, the step on each tau (LibAUC's 0.01).")
+flags.DEFINE_float("temperature_momentum", LossConfig.temperature_momentum,
+                   "Individual temperatures: weight of the old moving average of tau's "
+                   "gradient, in [0, 1) (LibAUC's beta = 1 - momentum = 0.9).")
+flags.DEFINE_float("temperature_gradient_clip", LossConfig.temperature_gradient_clip,
+                   "Individual temperatures: tau's gradient estimate is clipped to [-c, c] "
+                   "(iSogCLR's 5).")
+flags.DEFINE_float("temperature_rho", LossConfig.temperature_rho,
+                   "iSogCLR's rho for learned temperatures (--individual_temperatures, or "
+                   "bimodal SogCLR with --learnable_temperature): the KL divergence of the "
+                   "negatives' weights from uniform that tau settles at (below log of the "
+                   "negatives' count). Unset: "
+                   f"{config.TEMPERATURE_RHO['unimodal']} unimodal (LibAUC's), "
+                   f"{config.TEMPERATURE_RHO['bimodal']} image-text.")

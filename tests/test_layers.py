@@ -34,7 +34,9 @@ def _loss(layer, index=True):
 CASES = {
     "GlobalContrastiveLoss": (
         lambda: losses.GlobalContrastiveLoss(7, temperature=0.3, gamma=0.5,
-                                             gamma_schedule="cosine", gamma_decay_epochs=2),
+                                             gamma_schedule="cosine", gamma_decay_epochs=2,
+                                             individual_temperatures=dict(
+                                                 temperature_range=(0.1, 0.5), momentum=0.5)),
         _loss),
     "BimodalGlobalContrastiveLoss": (
         lambda: losses.BimodalGlobalContrastiveLoss(7, temperature=0.02), _loss),
@@ -43,6 +45,9 @@ CASES = {
     "ClipContrastiveLoss": (lambda: losses.ClipContrastiveLoss(temperature=0.05),
                             lambda layer: _loss(layer, index=False)),
     "UTable": (lambda: UTable(9), lambda layer: layer.read(INDEX)),
+    "TemperatureTable": (
+        lambda: losses.TemperatureTable(9, initial_temperature=0.2, temperature_range=(0.1, 0.5)),
+        lambda layer: layer.read(INDEX)),
     "ProjectionHead": (
         lambda: model_lib.ProjectionHead("nonlinear", proj_out_dim=3, num_proj_layers=2),
         lambda layer: layer(PAIR[0], training=False)),

@@ -7,24 +7,11 @@ import tensorflow as tf
 
 import loss_reference as ref
 import precision
+import tiny
 from tf_sogclr import losses
 
 RTOL, ATOL = 1e-5, 1e-6
 NUM_EXAMPLES = 24
-
-
-def _loss_and_grads(loss_fn, z1, z2, index, wrap=None):
-    """Runs one step (eagerly, or through `wrap`, e.g. tf.function): loss, metrics, grads."""
-
-    def step(z1, z2, index):
-        with tf.GradientTape() as tape:
-            tape.watch([z1, z2])
-            loss, metrics = loss_fn(z1, z2, index, return_metrics=True)
-        return (loss, metrics) + tuple(tape.gradient(loss, [z1, z2]))
-
-    step = wrap(step) if wrap else step
-    return step(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32),
-                tf.constant(index, tf.int32))
 
 
 # Index sequences: new rows, repeated rows, a mix, and a batch with a duplicate.
@@ -50,7 +37,7 @@ def test_sogclr_matches_reference_over_steps(mode, gradient_scale):
             "jit": lambda f: tf.function(f, jit_compile=True)}[mode]
     for index in STEPS:
         z1, z2 = ref.random_views(rng, len(index))
-        loss, metrics, g1, g2 = _loss_and_grads(loss_fn, z1, z2, index, wrap)
+        loss, metrics, g1, g2 = tiny.loss_and_grads(loss_fn, z1, z2, index, wrap)
         want_loss, want_objective, want_g1, want_g2 = ref.sogclr_step(
             z1, z2, index, table, gamma, tau)
         np.testing.assert_allclose(loss, scale * want_loss, rtol=RTOL, atol=ATOL)
@@ -74,7 +61,7 @@ def test_bimodal_matches_reference_over_steps(gradient_scale):
     text_table = np.full(num_examples, np.nan)
     for index in STEPS:
         image, text = ref.random_views(rng, len(index))
-        loss, _, g_image, g_text = _loss_and_grads(loss_fn, image, text, index)
+        loss, _, g_image, g_text = tiny.loss_and_grads(loss_fn, image, text, index)
         want_loss, want_image, want_text = ref.bimodal_step(
             image, text, index, image_table, text_table, gamma, tau)
         np.testing.assert_allclose(loss, scale * want_loss, rtol=RTOL, atol=ATOL)
@@ -95,7 +82,7 @@ def test_gamma_one_gives_decoupled_contrastive_gradient(gradient_scale):
     scale = _scale(gradient_scale, 0.1)
     for index in ([0, 1, 2, 3], [2, 3, 4, 5], [0, 1, 2, 3]):
         z1, z2 = ref.random_views(rng, 4)
-        _, _, g1, g2 = _loss_and_grads(loss_fn, z1, z2, index)
+        _, _, g1, g2 = tiny.loss_and_grads(loss_fn, z1, z2, index)
         a, b = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
         with tf.GradientTape() as tape:
             tape.watch([a, b])
@@ -122,7 +109,7 @@ def test_infonce_scale_keeps_the_controls_step(tau):
     for gradient_scale, want in (("infonce", 1.0), ("libauc", tau)):
         loss_fn = losses.GlobalContrastiveLoss(64, temperature=tau, gamma=1.0,
                                                gradient_scale=gradient_scale)
-        _, _, g1, g2 = _loss_and_grads(loss_fn, z1, z2, np.arange(64))
+        _, _, g1, g2 = tiny.loss_and_grads(loss_fn, z1, z2, np.arange(64))
         ratio = tf.linalg.global_norm([g1, g2]).numpy() / control_norm
         assert ratio == pytest.approx(want, rel=0.1), gradient_scale
 
@@ -155,7 +142,7 @@ def test_clip_temperature_stays_finite(layout):
     for loss_fn in (losses.GlobalContrastiveLoss(6, temperature=0.01),
                     losses.BimodalGlobalContrastiveLoss(6, temperature=0.01)):
         for _ in range(3):
-            loss, metrics, g1, g2 = _loss_and_grads(loss_fn, z1, z2, list(range(6)))
+            loss, metrics, g1, g2 = tiny.loss_and_grads(loss_fn, z1, z2, list(range(6)))
             assert np.isfinite(loss) and np.isfinite(metrics["objective"])
             assert np.all(np.isfinite(g1)) and np.all(np.isfinite(g2))
             assert metrics["input_ok"] == 1.0

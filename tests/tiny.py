@@ -33,13 +33,16 @@ LENGTH = 6
 # --------------------------------------------------------------------------- image-image
 
 
-def sogclr_model(loss="sogclr", global_bn=False, optimizer="lars", weight_decay=1e-4):
-    """A ResNet-18 of width 1/16 on 8x8x1 images, built and compiled (optimizer built)."""
+def sogclr_model(loss="sogclr", global_bn=False, optimizer="lars", weight_decay=1e-4,
+                 individual_temperatures=None):
+    """A ResNet-18 of width 1/16 on 8x8x1 images, built and compiled (optimizer built);
+    `individual_temperatures`: the SogCLR loss's `TemperatureTable` arguments, or None."""
     encoder = resnet.build_resnet(18, width_multiplier=0.0625, small_image_stem=True,
                                   global_bn=global_bn, input_shape=IMAGE_SHAPE)
     head = model_lib.ProjectionHead("nonlinear", proj_out_dim=8, num_proj_layers=2,
                                     global_bn=global_bn)
-    loss_layer = (losses.GlobalContrastiveLoss(NUM_EXAMPLES, temperature=0.2)
+    loss_layer = (losses.GlobalContrastiveLoss(
+        NUM_EXAMPLES, temperature=0.2, individual_temperatures=individual_temperatures)
                   if loss == "sogclr" else losses.NTXentLoss(temperature=0.2))
     model = model_lib.SogCLRModel(encoder, head, loss_layer, num_classes=NUM_CLASSES,
                                   weight_decay=weight_decay)
@@ -119,6 +122,22 @@ def pair_batch(batch=8, seed=0):
 
 
 # --------------------------------------------------------------------------- running steps
+
+
+def loss_and_grads(loss_fn, z1, z2, index, wrap=None):
+    """One loss step on NumPy inputs (eagerly, or through `wrap`, e.g. tf.function): loss,
+    metrics and the gradients with respect to both inputs."""
+
+    def step(z1, z2, index):
+        with tf.GradientTape() as tape:
+            tape.watch([z1, z2])
+            loss, metrics = loss_fn(z1, z2, index, return_metrics=True)
+        return (loss, metrics) + tuple(tape.gradient(loss, [z1, z2]))
+
+    step = wrap(step) if wrap else step
+    return step(tf.constant(z1, tf.float32), tf.constant(z2, tf.float32),
+                tf.constant(index, tf.int32))
+
 
 
 def run_steps(model, strategy, batches, steps_per_execution=None, jit_compile=False):

@@ -36,6 +36,10 @@ NONFINITE_POLICIES = ("stop", "skip")
 MODALITIES = ("unimodal", "bimodal")
 BIMODAL_TEMPERATURE = 0.03  # --temperature's default with --modality=bimodal (CLIP's start)
 TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
+# iSogCLR's rho (the KL divergence from uniform of the negatives' weights that a learned tau
+# settles at) when --temperature_rho is unset: LibAUC's unimodal default, and for image-text
+# the value the learnable global tau was tuned with (LibAUC's bimodal default is 6.0).
+TEMPERATURE_RHO = {"unimodal": 0.3, "bimodal": 2.0}
 PROBE_EXAMPLES = 10_000  # the default probe set of the frozen-feature evaluation
 
 
@@ -113,12 +117,58 @@ class LossConfig:
     gamma_decay_epochs: int | None = None
     hidden_norm: bool = True
     gradient_scale: str = "infonce"
+    # iSogCLR: one learned tau per example (losses.TemperatureTable), starting at temperature.
+    individual_temperatures: bool = False
+    temperature_min: float = 0.01
+    temperature_max: float = 1.0
+    temperature_learning_rate: float = 0.01
+    temperature_momentum: float = 0.1
+    temperature_gradient_clip: float = 5.0
+    temperature_rho: float | None = None  # None: TEMPERATURE_RHO of the modality
+    # Gather projections without gradient and add the remote term (losses.local_backward):
+    # no collective in the backward pass.
+    collective_free_backward: bool = False
+
+    def rho_for(self, modality):
+        """iSogCLR's rho for `modality` ("unimodal" or "bimodal")."""
+        if self.temperature_rho is not None:
+            return self.temperature_rho
+        return TEMPERATURE_RHO[modality]
+
+    def temperature_table_arguments(self):
+        """`TemperatureTable` arguments with --individual_temperatures, else None."""
+        if not self.individual_temperatures:
+            return None
+        return dict(temperature_range=(self.temperature_min, self.temperature_max),
+                    learning_rate=self.temperature_learning_rate,
+                    momentum=self.temperature_momentum,
+                    gradient_clip=self.temperature_gradient_clip)
 
     def validate(self):
         checks.choice("--loss", self.loss, LOSSES)
         checks.choice("--gradient_scale", self.gradient_scale, GRADIENT_SCALES)
         checks.in_range("--temperature", self.temperature, 0.0, float("inf"), low_open=True,
                         high_open=True)
+        checks.boolean("--individual_temperatures", self.individual_temperatures)
+        checks.boolean("--collective_free_backward", self.collective_free_backward)
+        if self.temperature_rho is not None:
+            checks.in_range("--temperature_rho", self.temperature_rho, 0.0, 100.0)
+        if self.individual_temperatures:
+            if self.loss != "sogclr":
+                checks.fail("--individual_temperatures", "false with --loss=simclr (the "
+                            "controls keep one tau)", True)
+            checks.in_range("--temperature_min", self.temperature_min, 0.0, 1.0,
+                            low_open=True, high_open=True)
+            checks.in_range("--temperature_max", self.temperature_max, self.temperature_min,
+                            float("inf"), low_open=True, high_open=True)
+            checks.in_range("--temperature", self.temperature, self.temperature_min,
+                            self.temperature_max)
+            checks.in_range("--temperature_learning_rate", self.temperature_learning_rate,
+                            0.0, float("inf"), high_open=True)
+            checks.in_range("--temperature_momentum", self.temperature_momentum, 0.0, 1.0,
+                            high_open=True)
+            checks.in_range("--temperature_gradient_clip", self.temperature_gradient_clip,
+                            0.0, float("inf"), low_open=True, high_open=True)
         checks.in_range("--gamma", self.gamma, 0.0, 1.0, low_open=True)
         checks.choice("--gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         if self.gamma_schedule == "cosine":
@@ -227,7 +277,6 @@ class TextConfig:
     text_layers: int = 2
     text_heads: int = 4
     learnable_temperature: bool = False
-    temperature_rho: float = 2.0
 
     def validate(self):
         checks.choice("--text_encoder", self.text_encoder, TEXT_ENCODERS)
@@ -243,7 +292,6 @@ class TextConfig:
             checks.fail("--text_width", f"divisible by the {self.text_heads} attention heads",
                         self.text_width)
         checks.boolean("--learnable_temperature", self.learnable_temperature)
-        checks.in_range("--temperature_rho", self.temperature_rho, 0.0, 100.0)
         return self
 
 
@@ -267,6 +315,9 @@ class BimodalConfig:
         if self.text.learnable_temperature and not low < self.loss.temperature < high:
             checks.fail("--temperature", f"in ({low}, {high}) with --learnable_temperature "
                         "(its initial value)", self.loss.temperature)
+        if self.text.learnable_temperature and self.loss.individual_temperatures:
+            checks.fail("--learnable_temperature", "false with --individual_temperatures "
+                        "(one global tau or one per pair, not both)", True)
         return self
 
 

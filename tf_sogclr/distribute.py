@@ -39,6 +39,23 @@ def cross_replica_concat(tensor):
     return ctx.all_gather(tensor, axis=0)
 
 
+def collective_op_counts(graph):
+    """{op type: count} of the collective ops (all-gathers, all-reduces) in `graph` and the
+    function bodies it calls, e.g. a step's `get_concrete_function(...).graph`: what one
+    execution sends between replicas, forward and backward."""
+    counts = {}
+
+    def visit(g):
+        for op in g.get_operations():
+            if "Collective" in op.type or "AllGather" in op.type or "AllReduce" in op.type:
+                counts[op.type] = counts.get(op.type, 0) + 1
+        for function in g._functions.values():  # noqa: SLF001 (no public nested-graph API)
+            visit(function.graph)
+
+    visit(graph)
+    return counts
+
+
 def replica_row_offset(local_batch_size):
     """Row of this replica's first example in the concatenated global batch (int32 scalar)."""
     ctx = tf.distribute.get_replica_context()

@@ -14,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_sogclr import distribute
-from tf_sogclr.config import GAMMA_SCHEDULES, GRADIENT_SCALES
-from tf_sogclr.losses import inputs
+from tf_sogclr.config import GAMMA_SCHEDULES, GRADIENT_SCALES, TEMPERATURE_RHO
+from tf_sogclr.losses import inputs, local_backward
+from tf_sogclr.losses.temperature_table import TemperatureTable
 from tf_sogclr.losses.u_table import UTable, log_add_exp, moving_average_log_u
 
 
@@ -65,33 +66,48 @@ def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, 
     """One anchor direction of docs/algorithm.md, "The step".
 
     sims: raw similarities `[b, K]` (differentiable); negatives: bool `[b, K]`;
-    positive: `[b]`; log_u_old: `[b]`. Returns per-anchor surrogate loss `[b]`, the new
-    log u `[b]` and whether the positive outranks every negative `[b]`.
+    positive: `[b]`; log_u_old: `[b]`; temperature: a scalar or one tau per anchor `[b]`.
+    Returns per-anchor surrogate loss `[b]`, the new log u `[b]`, whether the positive
+    outranks every negative `[b]`, and the estimate of dF_i / dtau_i without rho `[b]`:
+    `log u_i - sum_j p_ij s_ij / (tau_i K)` (docs/algorithm.md, "Individual temperatures").
     """
-    masked = tf.where(negatives, tf.stop_gradient(sims) / temperature, -np.inf)
+    tau = tf.convert_to_tensor(temperature, tf.float32)
+    tau_column = tau[:, None] if tau.shape.rank == 1 else tau
+    masked = tf.where(negatives, tf.stop_gradient(sims) / tau_column, -np.inf)
     # One exp of [b, K], shared by log g and the weights (a second one costs ~10% under XLA).
     row_max = tf.reduce_max(masked, axis=1)
     shifted = tf.exp(masked - row_max[:, None])  # exp(s / tau - max); 0 off the negatives.
     log_g = row_max + tf.math.log(tf.reduce_sum(shifted, axis=1)) - tf.math.log(num_negatives)
     log_u = moving_average_log_u(log_u_old, log_g, gamma)
     weights = shifted * tf.exp(row_max - log_u)[:, None]  # p[i, j] = exp(s / tau - log u).
-    loss = -positive + tf.reduce_sum(weights * sims, axis=1) / num_negatives
-    correct = positive * (1.0 / temperature) > row_max
-    return loss, log_u, correct
+    weighted = tf.reduce_sum(weights * sims, axis=1) / num_negatives
+    loss = -positive + weighted
+    correct = positive / tau > row_max
+    temperature_gradient = log_u - tf.stop_gradient(weighted) / tau
+    return loss, log_u, correct, temperature_gradient
 
 
 def _u_stats(log_u):
-    """Mean, min and max of u (linear scale) for a `[b]` batch of log u."""
+    """log of the mean, min and max of u for a `[b]` batch of log u: in log scale, since u
+    itself overflows float32 at CLIP temperatures (e^100 at tau = 0.01)."""
     count = tf.cast(tf.shape(log_u)[0], tf.float32)
     return {
-        "u_mean": tf.exp(tf.reduce_logsumexp(log_u) - tf.math.log(count)),
-        "u_min": tf.exp(tf.reduce_min(log_u)),
-        "u_max": tf.exp(tf.reduce_max(log_u)),
+        "log_u_mean": tf.reduce_logsumexp(log_u) - tf.math.log(count),
+        "log_u_min": tf.reduce_min(log_u),
+        "log_u_max": tf.reduce_max(log_u),
     }
 
 
+def _temperature_stats(tau):
+    """Mean, min and max of a `[B]` global batch of individual temperatures (the same on
+    every replica)."""
+    return {"temperature_mean": tf.reduce_mean(tau), "temperature_min": tf.reduce_min(tau),
+            "temperature_max": tf.reduce_max(tau)}
+
+
 class _GlobalContrastiveBase(keras.layers.Layer):
-    """Hyper-parameters, gamma variable and schedule shared by the global contrastive losses."""
+    """Hyper-parameters, gamma variable and schedule shared by the global contrastive losses,
+    and the individual temperatures' tables (`TemperatureTable`) when asked for."""
 
     def __init__(
         self,
@@ -102,11 +118,20 @@ class _GlobalContrastiveBase(keras.layers.Layer):
         gamma_decay_epochs=None,
         normalize=True,
         gradient_scale="infonce",
+        individual_temperatures=None,
+        temperature_rho=TEMPERATURE_RHO["unimodal"],
+        collective_free_backward=False,
         **kwargs,
     ):
         _validate_hyperparameters(
             num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs, gradient_scale
         )
+        if individual_temperatures is not None and not isinstance(individual_temperatures, dict):
+            raise ValueError("individual_temperatures must be None or a dict of "
+                             "TemperatureTable arguments (temperature_range, learning_rate, "
+                             f"momentum, gradient_clip), got {individual_temperatures!r}.")
+        if not 0 <= temperature_rho < float("inf"):
+            raise ValueError(f"temperature_rho must be a number >= 0, got {temperature_rho!r}.")
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_examples = int(num_examples)
@@ -116,6 +141,13 @@ class _GlobalContrastiveBase(keras.layers.Layer):
         self.gamma_decay_epochs = gamma_decay_epochs
         self.normalize = bool(normalize)
         self.gradient_scale = gradient_scale
+        self.individual_temperatures = None
+        if individual_temperatures is not None:  # a serialised tuple may come back a list
+            self.individual_temperatures = {
+                key: tuple(value) if key == "temperature_range" else value
+                for key, value in individual_temperatures.items()}
+        self.temperature_rho = float(temperature_rho)
+        self.collective_free_backward = bool(collective_free_backward)
         self.current_gamma = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.gamma_for_epoch(0)),
@@ -124,6 +156,21 @@ class _GlobalContrastiveBase(keras.layers.Layer):
             aggregation="only_first_replica",
             name="current_gamma",
         )
+
+    @property
+    def metric_names(self):
+        """Metrics beyond the standard ones that `return_metrics` gives (models track them):
+        the batch's individual temperatures' mean, min and max when there are any."""
+        if self.individual_temperatures is None:
+            return ()
+        return ("temperature_mean", "temperature_min", "temperature_max")
+
+    def _temperature_table(self, name):
+        """A `TemperatureTable` starting at `temperature`, or None for one global tau."""
+        if self.individual_temperatures is None:
+            return None
+        return TemperatureTable(self.num_examples, initial_temperature=self.temperature,
+                                name=name, **self.individual_temperatures)
 
     def gamma_for_epoch(self, epoch):
         """The schedule's gamma for `epoch` (0-based), a Python float."""
@@ -137,10 +184,23 @@ class _GlobalContrastiveBase(keras.layers.Layer):
         """{"gamma": float32 scalar}: the schedule's current value, for training logs."""
         return {"gamma": tf.convert_to_tensor(self.current_gamma.value)}
 
-    def _scaled(self, surrogate, temperature):
-        """The surrogate as the loss: divided by tau for "infonce" (InfoNCE's gradient), as
-        is for "libauc" (the authors' value; gradient tau times smaller)."""
-        return surrogate / temperature if self.gradient_scale == "infonce" else surrogate
+    def _scaled(self, per_anchor, temperature):
+        """The mean of per-anchor surrogates `[b]` as the loss: each divided by its anchor's
+        tau for "infonce" (InfoNCE's gradient at that tau), as is for "libauc" (the
+        authors' value; gradient tau times smaller). `temperature`: scalar or `[b]`."""
+        if self.gradient_scale == "infonce":
+            per_anchor = per_anchor / temperature
+        return tf.reduce_mean(per_anchor)
+
+    def _update_temperatures(self, table, index_all, gradient_all, accept):
+        """Steps `table`'s rows of the global batch with the anchors' dF/dtau estimates
+        `[B]` (without rho; added here)."""
+        table.update(index_all, gradient_all + self.temperature_rho, accept)
+
+    def _remote_scale(self, temperature, num_negatives):
+        """Each anchor's factor in the remote term: 1/K, over tau for "infonce"."""
+        scale = 1.0 / num_negatives
+        return scale / temperature if self.gradient_scale == "infonce" else scale
 
     def _prepare(self, z1, z2, index, names):
         """Checks, normalises and gathers; returns local and global tensors and accept flag."""
@@ -150,8 +210,8 @@ class _GlobalContrastiveBase(keras.layers.Layer):
             index = tf.identity(index)
         z1 = inputs.normalize_projections(z1, self.normalize)
         z2 = inputs.normalize_projections(z2, self.normalize)
-        z1_all = distribute.cross_replica_concat(z1)
-        z2_all = distribute.cross_replica_concat(z2)
+        z1_all = local_backward.gather(z1, self.collective_free_backward)
+        z2_all = local_backward.gather(z2, self.collective_free_backward)
         index_all = distribute.cross_replica_concat(index)
         accept = inputs.accept_step(index_all, self.num_examples, z1_all, z2_all)
         safe = lambda i: tf.clip_by_value(tf.cast(i, tf.int32), 0, self.num_examples - 1)
@@ -167,6 +227,9 @@ class _GlobalContrastiveBase(keras.layers.Layer):
             gamma_decay_epochs=self.gamma_decay_epochs,
             normalize=self.normalize,
             gradient_scale=self.gradient_scale,
+            individual_temperatures=self.individual_temperatures,
+            temperature_rho=self.temperature_rho,
+            collective_free_backward=self.collective_free_backward,
         )
         return config
 
@@ -180,26 +243,36 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
     over local anchors of both directions (over tau with `gradient_scale="infonce"`), and
     writes the global batch's rows of the table.
     With `return_metrics=True` it returns `(loss, metrics)`; metrics are float32 scalars:
-    `objective` (estimate of F), `u_mean`, `u_min`, `u_max`, `contrastive_accuracy`,
-    `input_ok`. Under a strategy, divide the loss by the number of replicas before taking
-    gradients (as Keras does) so that summed gradients equal the global-batch gradient.
+    `objective` (estimate of F), `log_u_mean`, `log_u_min`, `log_u_max` (log of u's mean,
+    min and max over the batch), `contrastive_accuracy`,
+    `input_ok` (and `metric_names`' temperature statistics with individual temperatures).
+    Under a strategy, divide the loss by the number of replicas before taking gradients (as
+    Keras does) so that summed gradients equal the global-batch gradient.
 
     Args:
       num_examples: rows of the table, the size of the training split (>= 1).
-      temperature: tau > 0.
+      temperature: tau > 0 (with individual temperatures, every tau_i's starting value).
       gamma: moving-average weight in (0, 1]; with `gamma_schedule="cosine"` the value
         reached after `gamma_decay_epochs` (LibAUC's gamma_min).
       gamma_schedule: "constant" or "cosine"; `set_epoch` applies it.
       normalize: L2-normalise projections (SimCLR's `hidden_norm`).
       gradient_scale: "infonce" (the surrogate over tau: the gradient of NT-Xent / InfoNCE
         at the same tau) or "libauc" (the authors' surrogate, gradient tau times smaller).
+      individual_temperatures: None (one global tau), or a dict of `TemperatureTable`
+        arguments: iSogCLR's per-example tau_i, one per example for both views, learned
+        with `temperature_rho` (docs/algorithm.md, "Individual temperatures").
+      temperature_rho: iSogCLR's rho (LibAUC's unimodal default 0.3).
     """
 
     def __init__(self, num_examples, temperature=0.1, gamma=0.9, gamma_schedule="constant",
-                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce", **kwargs):
+                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce",
+                 individual_temperatures=None, temperature_rho=TEMPERATURE_RHO["unimodal"],
+                 collective_free_backward=False, **kwargs):
         super().__init__(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs,
-                         normalize, gradient_scale, **kwargs)
+                         normalize, gradient_scale, individual_temperatures, temperature_rho,
+                         collective_free_backward, **kwargs)
         self.u_table = UTable(self.num_examples, name="u_table")
+        self.temperature_table = self._temperature_table("temperature_table")
         self.built = True
 
     def call(self, z1, z2, index, return_metrics=False):
@@ -212,27 +285,51 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
         num_negatives = 2.0 * (tf.cast(global_batch, tf.float32) - 1.0)
         positive = tf.reduce_sum(z1 * z2, axis=1)
         log_u_old = self.u_table.read(index)
+        tau = self.temperature
+        if self.temperature_table is not None:
+            tau_all = self.temperature_table.read(index_all)  # for the metrics
+            tau = self.temperature_table.read(index)
         gamma = tf.convert_to_tensor(self.current_gamma.value)
         # Anchors z1 against [z2_all; z1_all], anchors z2 against [z1_all; z2_all].
         sims1 = tf.matmul(z1, tf.concat([z2_all, z1_all], 0), transpose_b=True)
         sims2 = tf.matmul(z2, tf.concat([z1_all, z2_all], 0), transpose_b=True)
-        loss1, log_u1, correct1 = _sogclr_direction(
-            sims1, negatives, positive, log_u_old, gamma, self.temperature, num_negatives)
-        loss2, log_u2, correct2 = _sogclr_direction(
-            sims2, negatives, positive, log_u_old, gamma, self.temperature, num_negatives)
-        loss = self._scaled(tf.reduce_mean(loss1 + loss2), self.temperature)
+        loss1, log_u1, correct1, tau_gradient1 = _sogclr_direction(
+            sims1, negatives, positive, log_u_old, gamma, tau, num_negatives)
+        loss2, log_u2, correct2, tau_gradient2 = _sogclr_direction(
+            sims2, negatives, positive, log_u_old, gamma, tau, num_negatives)
+        loss = self._scaled(loss1 + loss2, tau)
+        # Per-anchor scalars of the global batch, in one all-gather without gradient: the
+        # table write's, the remote term's and the temperature update's.
+        log_u1_all, log_u2_all, tau_gradient_all = tf.unstack(distribute.cross_replica_concat(
+            tf.stop_gradient(tf.stack([log_u1, log_u2, 0.5 * (tau_gradient1 + tau_gradient2)],
+                                      axis=1))), num=3, axis=1)
+        if self.collective_free_backward:
+            tau_anchors = self.temperature if self.temperature_table is None else tau_all
+            rows = tf.tile(local_backward.local_rows(batch), [2])
+            in_sum = tf.not_equal(tf.range(global_batch)[:, None], rows[None, :])  # [B, 2b]
+            scale = self._remote_scale(tau_anchors, num_negatives)
+            remote = (local_backward.remote_term(z1_all, tf.concat([z2, z1], 0), in_sum,
+                                                 log_u1_all, tau_anchors, scale)
+                      + local_backward.remote_term(z2_all, tf.concat([z1, z2], 0), in_sum,
+                                                   log_u2_all, tau_anchors, scale))
+            loss = local_backward.with_remote_gradient(loss, remote, batch)
         log_u = log_add_exp(log_u1, log_u2) - math.log(2.0)  # log((u1 + u2) / 2)
-        self.u_table.write(index_all, distribute.cross_replica_concat(log_u), accept)
+        self.u_table.write(index_all, log_add_exp(log_u1_all, log_u2_all) - math.log(2.0),
+                           accept)
+        if self.temperature_table is not None:  # one tau for both views: mean estimate
+            self._update_temperatures(self.temperature_table, index_all, tau_gradient_all,
+                                      accept)
         if not return_metrics:
             return loss
         metrics = {
-            "objective": tf.reduce_mean(
-                self.temperature * (log_u1 + log_u2) - 2.0 * positive),
+            "objective": tf.reduce_mean(tau * (log_u1 + log_u2) - 2.0 * positive),
             "contrastive_accuracy": tf.reduce_mean(
                 tf.cast(tf.concat([correct1, correct2], 0), tf.float32)),
             "input_ok": tf.cast(accept, tf.float32),
             **_u_stats(log_u),
         }
+        if self.temperature_table is not None:  # the global batch's, read before its update
+            metrics.update(_temperature_stats(tau_all))
         return loss, metrics
 
     def estimates(self):
@@ -240,8 +337,12 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
         return self.u_table.estimates()
 
     def table_estimates(self):
-        """{summary name: u in linear scale `[num_examples]`} of every table (summaries)."""
-        return {"u_table": self.estimates()}
+        """{summary name: `[num_examples]`} of every table (summaries): u in linear scale,
+        and the individual temperatures when there are any."""
+        tables = {"u_table": self.estimates()}
+        if self.temperature_table is not None:
+            tables["temperature_table"] = self.temperature_table.estimates()
+        return tables
 
     def visited_fraction(self):
         """Fraction of training examples visited so far (reads the whole table)."""
@@ -260,48 +361,86 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
     `GlobalContrastiveLoss`, plus `temperature_gradient`: the estimate of d objective / d tau,
     `mean_i [log u^I_i + log u^T_i - sum_j (p^I_ij s^I_ij + p^T_ij s^T_ij) / (tau (B - 1))]`.
     `temperature` (optional scalar, e.g. a learnable tau's value) overrides the constructor's
-    for this call; no gradient flows to it through the loss.
+    for this call; no gradient flows to it through the loss. With `individual_temperatures`
+    (`GlobalContrastiveLoss`'s argument) each direction has its own per-pair table, as in
+    LibAUC and iSogCLR: `image_temperature_table` (image anchors) and
+    `text_temperature_table` (text anchors); `temperature` must then be None.
     """
 
     def __init__(self, num_examples, temperature=0.1, gamma=0.9, gamma_schedule="constant",
-                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce", **kwargs):
+                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce",
+                 individual_temperatures=None, temperature_rho=TEMPERATURE_RHO["bimodal"],
+                 collective_free_backward=False, **kwargs):
         super().__init__(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs,
-                         normalize, gradient_scale, **kwargs)
+                         normalize, gradient_scale, individual_temperatures, temperature_rho,
+                         collective_free_backward, **kwargs)
         self.image_u_table = UTable(self.num_examples, name="image_u_table")
         self.text_u_table = UTable(self.num_examples, name="text_u_table")
+        self.image_temperature_table = self._temperature_table("image_temperature_table")
+        self.text_temperature_table = self._temperature_table("text_temperature_table")
         self.built = True
 
     def call(self, image_emb, text_emb, index, return_metrics=False, temperature=None):
         image, text, index, image_all, text_all, index_all, accept = self._prepare(
             image_emb, text_emb, index, ("image_emb", "text_emb", "index"))
-        tau = (self.temperature if temperature is None
-               else tf.stop_gradient(tf.cast(temperature, tf.float32)))
+        individual = self.individual_temperatures is not None
+        if individual and temperature is not None:
+            raise ValueError("temperature must be None with individual_temperatures: each "
+                             "pair's tau comes from the loss's own tables.")
+        if individual:
+            tau_i_all = self.image_temperature_table.read(index_all)
+            tau_t_all = self.text_temperature_table.read(index_all)
+            tau_i = self.image_temperature_table.read(index)
+            tau_t = self.text_temperature_table.read(index)
+        else:
+            tau_i = tau_t = tau_i_all = tau_t_all = (
+                self.temperature if temperature is None
+                else tf.stop_gradient(tf.cast(temperature, tf.float32)))
+        batch = tf.shape(image)[0]
         global_batch = tf.shape(image_all)[0]
         negatives = inputs.not_self_mask(tf.shape(image)[0], global_batch)  # [b, B]
         num_negatives = tf.cast(global_batch, tf.float32) - 1.0
         positive = tf.reduce_sum(image * text, axis=1)
         gamma = tf.convert_to_tensor(self.current_gamma.value)
-        loss_i, log_u_i, correct_i = _sogclr_direction(
+        loss_i, log_u_i, correct_i, tau_gradient_i = _sogclr_direction(
             tf.matmul(image, text_all, transpose_b=True), negatives, positive,
-            self.image_u_table.read(index), gamma, tau, num_negatives)
-        loss_t, log_u_t, correct_t = _sogclr_direction(
+            self.image_u_table.read(index), gamma, tau_i, num_negatives)
+        loss_t, log_u_t, correct_t, tau_gradient_t = _sogclr_direction(
             tf.matmul(text, image_all, transpose_b=True), negatives, positive,
-            self.text_u_table.read(index), gamma, tau, num_negatives)
-        loss = self._scaled(tf.reduce_mean(loss_i + loss_t), tau)
-        self.image_u_table.write(index_all, distribute.cross_replica_concat(log_u_i), accept)
-        self.text_u_table.write(index_all, distribute.cross_replica_concat(log_u_t), accept)
+            self.text_u_table.read(index), gamma, tau_t, num_negatives)
+        loss = self._scaled(loss_i, tau_i) + self._scaled(loss_t, tau_t)
+        # Per-anchor scalars of the global batch, in one all-gather without gradient.
+        log_u_i_all, log_u_t_all, tau_gradient_i_all, tau_gradient_t_all = tf.unstack(
+            distribute.cross_replica_concat(tf.stop_gradient(tf.stack(
+                [log_u_i, log_u_t, tau_gradient_i, tau_gradient_t], axis=1))), num=4, axis=1)
+        if self.collective_free_backward:
+            in_sum = tf.not_equal(tf.range(global_batch)[:, None],
+                                  local_backward.local_rows(batch)[None, :])  # [B, b]
+            remote = (
+                local_backward.remote_term(image_all, text, in_sum, log_u_i_all, tau_i_all,
+                                           self._remote_scale(tau_i_all, num_negatives))
+                + local_backward.remote_term(text_all, image, in_sum, log_u_t_all, tau_t_all,
+                                             self._remote_scale(tau_t_all, num_negatives)))
+            loss = local_backward.with_remote_gradient(loss, remote, batch)
+        self.image_u_table.write(index_all, log_u_i_all, accept)
+        self.text_u_table.write(index_all, log_u_t_all, accept)
+        if individual:
+            self._update_temperatures(self.image_temperature_table, index_all,
+                                      tau_gradient_i_all, accept)
+            self._update_temperatures(self.text_temperature_table, index_all,
+                                      tau_gradient_t_all, accept)
         if not return_metrics:
             return loss
-        # sum_j p_ij s_ij / (B - 1) is each direction's surrogate plus the positive.
-        weighted = tf.stop_gradient(loss_i + loss_t + 2.0 * positive)
         metrics = {
-            "objective": tf.reduce_mean(tau * (log_u_i + log_u_t) - 2.0 * positive),
+            "objective": tf.reduce_mean(tau_i * log_u_i + tau_t * log_u_t - 2.0 * positive),
             "contrastive_accuracy": tf.reduce_mean(
                 tf.cast(tf.concat([correct_i, correct_t], 0), tf.float32)),
             "input_ok": tf.cast(accept, tf.float32),
-            "temperature_gradient": tf.reduce_mean(log_u_i + log_u_t - weighted / tau),
+            "temperature_gradient": tf.reduce_mean(tau_gradient_i + tau_gradient_t),
             **_u_stats(log_add_exp(log_u_i, log_u_t) - math.log(2.0)),
         }
+        if individual:  # the global batch's, read before this step's update
+            metrics.update(_temperature_stats(tf.concat([tau_i_all, tau_t_all], 0)))
         return loss, metrics
 
     def estimates(self):
@@ -309,8 +448,13 @@ class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
         return {"image": self.image_u_table.estimates(), "text": self.text_u_table.estimates()}
 
     def table_estimates(self):
-        """{summary name: u in linear scale `[num_examples]`} of every table (summaries)."""
-        return {f"u_table_{name}": values for name, values in self.estimates().items()}
+        """{summary name: `[num_examples]`} of every table (summaries): u in linear scale,
+        and the individual temperatures when there are any."""
+        tables = {f"u_table_{name}": values for name, values in self.estimates().items()}
+        if self.individual_temperatures is not None:
+            tables["temperature_table_image"] = self.image_temperature_table.estimates()
+            tables["temperature_table_text"] = self.text_temperature_table.estimates()
+        return tables
 
     def visited_fraction(self):
         """Fraction of pairs visited so far (reads the image table)."""

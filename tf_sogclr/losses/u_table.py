@@ -40,12 +40,41 @@ def mean_over_duplicates(index, log_values):
     occurrence; the log-mean itself costs O(B) exps. Static shapes (XLA friendly).
     """
     batch = tf.shape(index)[0]
-    first = tf.argmax(tf.equal(index[:, None], index[None, :]), axis=1, output_type=tf.int32)
+    first = _first_occurrence(index)
     peak = tf.math.unsorted_segment_max(log_values, first, batch)
     total = tf.math.unsorted_segment_sum(tf.exp(log_values - tf.gather(peak, first)), first, batch)
     count = tf.math.unsorted_segment_sum(tf.ones_like(log_values), first, batch)
     log_mean = peak + tf.math.log(total) - tf.math.log(count)  # valid at first occurrences
     return tf.gather(log_mean, first)
+
+
+def linear_mean_over_duplicates(index, values):
+    """For each row, the mean of `values` (float32 `[B]`) over rows sharing its index."""
+    batch = tf.shape(index)[0]
+    first = _first_occurrence(index)
+    total = tf.math.unsorted_segment_sum(values, first, batch)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(values), first, batch)
+    return tf.gather(total / tf.maximum(count, 1.0), first)
+
+
+def _first_occurrence(index):
+    """int32 `[B]`: the position of each row's first occurrence of its index in `index`."""
+    return tf.argmax(tf.equal(index[:, None], index[None, :]), axis=1, output_type=tf.int32)
+
+
+def write_rows(variable, index, values, accept, merge_duplicates):
+    """Stores `values` (float32 `[B]`) at rows `index` (int32 `[B]`) of the `[N]` variable.
+
+    Duplicate indices store `merge_duplicates(index, values)` (computed only when the batch
+    has duplicates: they are rare). Non-finite values, or `accept` false (a bad step), make
+    the write put the rows' old values back: the table is unchanged. One sparse scatter.
+    """
+    sorted_index = tf.sort(index)
+    has_duplicates = tf.reduce_any(tf.equal(sorted_index[1:], sorted_index[:-1]))
+    values = tf.cond(has_duplicates, lambda: merge_duplicates(index, values), lambda: values)
+    accept = tf.logical_and(accept, tf.reduce_all(tf.math.is_finite(values)))
+    values = tf.where(accept, values, tf.gather(variable.value, index))
+    variable.value.scatter_update(tf.IndexedSlices(values, index))
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
@@ -80,16 +109,10 @@ class UTable(keras.layers.Layer):
         """Stores `log_u` (float32 `[B]`) at rows `index` (int32 `[B]`) when `accept` is true.
 
         Duplicate indices store the mean of their values. With `accept` false (a bad step)
-        the rows are rewritten with their old values: the table is unchanged.
+        the rows are rewritten with their old values: the table is unchanged. Finite but
+        huge unnormalised projections could still overflow log u: that is never stored.
         """
-        sorted_index = tf.sort(index)
-        has_duplicates = tf.reduce_any(tf.equal(sorted_index[1:], sorted_index[:-1]))
-        log_u = tf.cond(has_duplicates, lambda: mean_over_duplicates(index, log_u),
-                        lambda: log_u)  # Duplicates are rare: only then pay for merging.
-        # Finite but huge unnormalised projections could still overflow log u: never store it.
-        accept = tf.logical_and(accept, tf.reduce_all(tf.math.is_finite(log_u)))
-        log_u = tf.where(accept, log_u, self.read(index))
-        self.log_u.value.scatter_update(tf.IndexedSlices(log_u, index))
+        write_rows(self.log_u, index, log_u, accept, mean_over_duplicates)
 
     def estimates(self):
         """The table in linear scale, float32 `[num_examples]`, 0 where never visited."""

@@ -10,7 +10,8 @@ training mode (`statistics_layers`) and what it scores after a good step (`track
 
 The interface the training loop (`training.loop.run_schedule`) relies on, on every model:
 `train_step_with_diagnostics`, `training_logs`, `NONFINITE_TERMS` and `loss_layer` (with
-`set_epoch`, `schedule_logs`, `table_estimates` and `num_examples`; see `losses`).
+`set_epoch`, `schedule_logs`, `table_estimates`, `metric_names` and `num_examples`; see
+`losses`).
 """
 
 import dataclasses
@@ -69,7 +70,9 @@ class ContrastiveModel(keras.Model):
                              f"'contrastive_loss', ..., 'weight_decay', 'gradients'), got {terms}.")
         self.loss_layer = loss_layer
         self.weight_decay = float(weight_decay)
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in CONTRASTIVE_METRICS}
+        # The standard metrics, then the loss layer's own (individual temperatures' stats).
+        self._trackers = {name: keras.metrics.Mean(name=name)
+                          for name in CONTRASTIVE_METRICS + tuple(loss_layer.metric_names)}
         # Steps whose update was skipped (non-finite term or index outside the u-table), and
         # those with a non-finite term; each counted once per global step, not per replica.
         self._trackers["bad_steps"] = keras.metrics.Sum(name="bad_steps")
@@ -140,7 +143,8 @@ class ContrastiveModel(keras.Model):
             saved, self._trackers,
             {"contrastive_loss": terms.contrastive, "objective": terms.stats["objective"],
              "contrastive_accuracy": terms.stats["contrastive_accuracy"],
-             "weight_decay_loss": decay})
+             "weight_decay_loss": decay,
+             **{name: terms.stats[name] for name in self.loss_layer.metric_names}})
         self.track_step(terms, ok)
         return self.training_logs(), report
 

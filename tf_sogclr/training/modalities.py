@@ -114,9 +114,13 @@ def build_sogclr_model(cfg, info, num_replicas):
         loss_layer = losses.GlobalContrastiveLoss(
             info.num_examples, temperature=lc.temperature, gamma=lc.gamma,
             gamma_schedule=lc.gamma_schedule, gamma_decay_epochs=lc.gamma_decay_epochs,
-            normalize=lc.hidden_norm, gradient_scale=lc.gradient_scale, name="sogclr_loss")
+            normalize=lc.hidden_norm, gradient_scale=lc.gradient_scale,
+            individual_temperatures=lc.temperature_table_arguments(),
+            temperature_rho=lc.rho_for("unimodal"),
+            collective_free_backward=lc.collective_free_backward, name="sogclr_loss")
     else:
         loss_layer = losses.NTXentLoss(lc.temperature, normalize=lc.hidden_norm,
+                                       collective_free_backward=lc.collective_free_backward,
                                        name="nt_xent_loss")
     model = sogclr_model.SogCLRModel(
         _image_encoder(cfg, info, num_replicas, "encoder"),
@@ -211,15 +215,21 @@ class Unimodal(Modality):
 
 def build_bimodal_loss(loss, num_examples, temperature=config.BIMODAL_TEMPERATURE, gamma=0.9,
                        gamma_schedule="constant", gamma_decay_epochs=None, normalize=True,
-                       gradient_scale="infonce"):
+                       gradient_scale="infonce", individual_temperatures=None,
+                       temperature_rho=config.TEMPERATURE_RHO["bimodal"],
+                       collective_free_backward=False):
     """"sogclr": `BimodalGlobalContrastiveLoss` with `num_examples` rows; "simclr": CLIP's."""
     checks.choice("--loss", loss, config.LOSSES)
     if loss == "sogclr":
         return losses.BimodalGlobalContrastiveLoss(
             num_examples, temperature=temperature, gamma=gamma, gamma_schedule=gamma_schedule,
             gamma_decay_epochs=gamma_decay_epochs, normalize=normalize,
-            gradient_scale=gradient_scale, name="sogclr_loss")
-    return losses.ClipContrastiveLoss(temperature, normalize=normalize, name="clip_loss")
+            gradient_scale=gradient_scale, individual_temperatures=individual_temperatures,
+            temperature_rho=temperature_rho, collective_free_backward=collective_free_backward,
+            name="sogclr_loss")
+    return losses.ClipContrastiveLoss(temperature, normalize=normalize,
+                                      collective_free_backward=collective_free_backward,
+                                      name="clip_loss")
 
 
 def build_dual_encoder(cfg, info, tokenizer, num_replicas=1):
@@ -230,13 +240,14 @@ def build_dual_encoder(cfg, info, tokenizer, num_replicas=1):
         num_layers=t.text_layers, num_heads=t.text_heads, name="text_encoder")
     loss_layer = build_bimodal_loss(lc.loss, info.num_examples, lc.temperature, lc.gamma,
                                     lc.gamma_schedule, lc.gamma_decay_epochs, lc.hidden_norm,
-                                    lc.gradient_scale)
+                                    lc.gradient_scale, lc.temperature_table_arguments(),
+                                    lc.rho_for("bimodal"), lc.collective_free_backward)
     model = dual_encoder.DualEncoderModel(
         _image_encoder(cfg, info, num_replicas, "image_encoder"), text_encoder,
         _projection_head(cfg, num_replicas, "image_projection_head"),
         _projection_head(cfg, num_replicas, "text_projection_head"), loss_layer,
         tokenizer=tokenizer, learnable_temperature=t.learnable_temperature,
-        temperature_rho=t.temperature_rho, weight_decay=cfg.optimizer.weight_decay,
+        temperature_rho=lc.rho_for("bimodal"), weight_decay=cfg.optimizer.weight_decay,
         name="dual_encoder")
     return _compile_and_build(
         model, cfg, info, optim.DEFAULT_EXCLUDES + dual_encoder.NO_DECAY_PATTERNS)
