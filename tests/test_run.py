@@ -101,6 +101,10 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
     (["--train_split=validation"], "split"),
     (["--mode=eval"], "--mode=eval needs --checkpoint or a checkpoint in --model_dir"),
     (["--dataset=imagenet2012_nope"], "imagenet2012_nope"),
+    (["--individual_temperatures", "--loss=simclr"],
+     "--individual_temperatures must be false with --loss=simclr"),
+    (["--individual_temperatures", "--temperature=0.005"],
+     "--temperature must be a number in [0.01, 1.0], got 0.005."),
 ])
 def test_bad_flags_exit_with_one_line_and_write_nothing(small_fashion_mnist, tmp_path, args, message):
     model_dir = tmp_path / "run"
@@ -110,6 +114,31 @@ def test_bad_flags_exit_with_one_line_and_write_nothing(small_fashion_mnist, tmp
     assert len(lines) == 1 and lines[0].startswith("run.py: error:"), done.stderr
     assert message in lines[0]
     assert not model_dir.exists()
+
+
+def test_individual_temperatures_train_collective_free_and_resume(small_fashion_mnist, tmp_path):
+    """run.py with iSogCLR's tables and the collective-free backward: the summary reports the
+    temperatures, the checkpoint holds the tau table, and a longer run resumes from it."""
+    import tensorflow as tf
+
+    model_dir = str(tmp_path / "run")
+    flags = [f"--data_dir={small_fashion_mnist}", f"--model_dir={model_dir}", "--mode=train",
+             "--individual_temperatures", "--collective_free_backward",
+             "--temperature_min=0.05", "--temperature_max=0.5", "--checkpoint_steps=2", *TINY]
+    done = run(*flags, "--train_steps=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = summary_of(done.stdout)["train"]
+    assert 0.05 <= train["temperature_min"] <= train["temperature_mean"] <= train[
+        "temperature_max"] <= 0.5, train
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-2"))
+    taus = [k for k in reader.get_variable_to_shape_map() if "temperature_table" in k]
+    assert len(taus) == 2, taus  # tau and its gradient's moving average
+    tau = reader.get_tensor(next(k for k in taus if "tau_gradient" not in k))
+    assert tau.shape == (128,) and np.all((tau >= 0.05) & (tau <= 0.5))
+    assert np.sum(tau != 0.1) >= 16  # the rows of two batches of 16 moved
+    resumed = run(*flags, "--train_steps=3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout and summary_of(resumed.stdout)["step"] == 3
 
 
 def test_helpfull_documents_the_flags():
