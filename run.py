@@ -78,34 +78,37 @@ def import_quietly(module_name):
     return module
 
 
-def config_from_flags(config_class, **overrides):
+def config_from_flags(config_class, defaults=None, **overrides):
     """`config_class` (a config dataclass) with each field from the flag of its name; fields
-    without a flag keep their default, `overrides` win."""
+    without a flag keep their default, or with `defaults` (an instance) every field whose flag
+    the user did not set takes its value there; `overrides` win."""
     import dataclasses
 
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(config_class)
-              if f.name in FLAGS}
+              if f.name in FLAGS and (defaults is None or FLAGS[f.name].present)}
+    if defaults is not None:
+        values = {**dataclasses.asdict(defaults), **values}
     return config_class(**{**values, **overrides})
 
 
 def pretrain_config():
     """The validated config the flags describe: a PretrainConfig, or with --modality=bimodal
-    a BimodalConfig (the text flags added, --temperature defaulting to CLIP's)."""
+    a BimodalConfig (the text flags added; every flag left unset takes the image-text
+    default, `config.BimodalConfig`, e.g. --temperature CLIP's)."""
+    import dataclasses
+
     from tf_sogclr import config
 
-    parts = dict(data=config_from_flags(config.DataConfig),
-                 model=config_from_flags(config.ModelConfig),
-                 loss=config_from_flags(config.LossConfig),
-                 optimizer=config_from_flags(config.OptimizerConfig),
-                 run=config_from_flags(config.RunConfig))
-    if FLAGS.modality == "bimodal":
-        if FLAGS.train_mode == "finetune":
-            raise UsageError("--train_mode=finetune is not available with --modality=bimodal; "
-                             "use --train_mode=pretrain.")
-        if not FLAGS["temperature"].present:
-            parts["loss"] = config_from_flags(config.LossConfig,
-                                              temperature=config.BIMODAL_TEMPERATURE)
-        parts["run"] = config_from_flags(config.RunConfig, lineareval_while_pretraining=False)
+    bimodal = FLAGS.modality == "bimodal"
+    if bimodal and FLAGS.train_mode == "finetune":
+        raise UsageError("--train_mode=finetune is not available with --modality=bimodal; "
+                         "use --train_mode=pretrain.")
+    defaults = config.BimodalConfig() if bimodal else config.PretrainConfig()
+    parts = {name: config_from_flags(type(getattr(defaults, name)),
+                                     defaults=getattr(defaults, name))
+             for name in ("data", "model", "loss", "optimizer", "run")}
+    if bimodal:
+        parts["run"] = dataclasses.replace(parts["run"], lineareval_while_pretraining=False)
         cfg = config.BimodalConfig(**parts, text=config_from_flags(config.TextConfig))
     else:
         cfg = config.PretrainConfig(**parts)

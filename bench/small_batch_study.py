@@ -167,6 +167,7 @@ class Study:
     warmup_epochs: float = 1.0
     color_jitter_strength: float = 0.5
     crop_area_min: float = 0.08
+    individual_temperatures: int = 0  # 1: SogCLR learns one tau per example (iSogCLR)
     steps_per_execution: int = 25
     eval_batch_size: int = 500
 
@@ -191,6 +192,8 @@ class Study:
                      "color_jitter_strength"]
         if method == "sogclr":
             keys += ["gamma", "gamma_schedule", "gamma_decay_epochs"]
+            if self.individual_temperatures:  # absent when off: earlier records keep their id
+                keys += ["individual_temperatures"]
         out = {k: getattr(self, k) for k in keys}
         out["probe"] = {"steps": PROBE_STEPS, "lr": PROBE_LR, "l2": PROBE_L2,
                         "knn_k": KNN_K, "knn_temperature": KNN_TEMPERATURE}
@@ -306,7 +309,9 @@ def pretrain_config(study, run, model_dir):
                                  proj_out_dim=study.proj_out_dim),
         loss=config.LossConfig(loss=run.method, temperature=study.temperature,
                                gamma=study.gamma, gamma_schedule=study.gamma_schedule,
-                               gamma_decay_epochs=study.gamma_decay_epochs),
+                               gamma_decay_epochs=study.gamma_decay_epochs,
+                               individual_temperatures=bool(study.individual_temperatures)
+                               and run.method == "sogclr"),
         optimizer=config.OptimizerConfig(
             optimizer=study.optimizer, learning_rate=study.learning_rate,
             learning_rate_scaling=study.learning_rate_scaling,

@@ -3,7 +3,7 @@
 from absl import flags
 
 from tf_sogclr import config
-from tf_sogclr.config import RunConfig
+from tf_sogclr.config import DEFAULT_JOB
 
 MODES = ("train", "eval", "train_then_eval", "export")
 
@@ -14,7 +14,7 @@ flags.DEFINE_enum("mode", "train_then_eval", MODES,
 flags.DEFINE_enum("train_mode", config.TRAIN_MODES[0], config.TRAIN_MODES,
                   "pretrain: contrastive pretraining; finetune: supervised fine-tuning from "
                   "--checkpoint or a pretraining checkpoint in --model_dir.")
-flags.DEFINE_bool("lineareval_while_pretraining", RunConfig.lineareval_while_pretraining,
+flags.DEFINE_bool("lineareval_while_pretraining", DEFAULT_JOB.run.lineareval_while_pretraining,
                   "Train a linear head on stop_gradient(features) during pretraining.")
 flags.DEFINE_bool("eval_knn", True,
                   "In evaluation, also score the frozen encoder features by k-NN (k=200, "

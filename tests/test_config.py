@@ -10,9 +10,10 @@ import flags as _defined_flags  # noqa: F401  (defines the flags)
 from tf_sogclr import config
 
 FLAGS = absl_flags.FLAGS
-# Each run config's parts: their defaults are the flags' defaults.
-FLAGGED_CONFIGS = (config.DataConfig, config.ModelConfig, config.LossConfig,
-                   config.OptimizerConfig, config.RunConfig, config.TextConfig)
+# Each run config's parts as the default job has them (and the text part's defaults): their
+# values are the flags' defaults.
+FLAGGED_CONFIGS = (config.DEFAULT_JOB.data, config.DEFAULT_JOB.model, config.DEFAULT_JOB.loss,
+                   config.DEFAULT_JOB.optimizer, config.DEFAULT_JOB.run, config.TextConfig())
 CHOICES = {"loss": config.LOSSES, "gamma_schedule": config.GAMMA_SCHEDULES,
            "gradient_scale": config.GRADIENT_SCALES,
            "proj_head_mode": config.PROJECTION_HEAD_MODES, "optimizer": config.OPTIMIZERS,
@@ -28,12 +29,27 @@ def test_defaults_validate():
     config.FinetuneConfig().validate()
 
 
-@pytest.mark.parametrize("config_class", FLAGGED_CONFIGS, ids=lambda c: c.__name__)
-def test_flags_take_their_defaults_from_the_configs(config_class):
-    fields = [f for f in dataclasses.fields(config_class) if f.name in FLAGS]
-    assert fields, config_class
+@pytest.mark.parametrize("part", FLAGGED_CONFIGS, ids=lambda c: type(c).__name__)
+def test_flags_take_their_defaults_from_the_default_job(part):
+    fields = [f for f in dataclasses.fields(part) if f.name in FLAGS]
+    assert fields, part
     for field in fields:
-        assert FLAGS[field.name].default == field.default, field.name
+        assert FLAGS[field.name].default == getattr(part, field.name), field.name
+
+
+def test_the_default_job_is_the_measured_one_and_bimodal_keeps_its_own():
+    """DEFAULT_JOB: the configuration that beat raw pixels (bench/README.md); the image-text
+    defaults stay those of its measurements (28x28, width 1/8, LARS, 2 epochs, tau 0.03)."""
+    job = config.DEFAULT_JOB.validate()
+    assert (job.data.image_size, job.data.color_jitter_strength) == (16, 1.0)
+    assert job.model.width_multiplier == 0.25
+    assert (job.optimizer.optimizer, job.optimizer.learning_rate,
+            job.optimizer.weight_decay) == ("adamw", 0.004, 0.1)
+    assert job.run.train_epochs == 8 and job.loss.loss == "sogclr"
+    bimodal = config.BimodalConfig()
+    assert (bimodal.data.image_size, bimodal.model.width_multiplier) == (28, 0.125)
+    assert (bimodal.optimizer.optimizer, bimodal.run.train_epochs) == ("lars", 2)
+    assert bimodal.loss.temperature == config.BIMODAL_TEMPERATURE
 
 
 def test_flags_take_their_choices_from_the_configs():
@@ -74,3 +90,38 @@ def test_bad_bimodal_configs_name_the_flag():
     with pytest.raises(ValueError, match=r"--temperature must be in \(0.005, 1.0\)"):
         dataclasses.replace(cfg, loss=config.LossConfig(temperature=2.0),
                             text=config.TextConfig(learnable_temperature=True)).validate()
+
+
+def test_run_py_gives_unset_flags_the_modality_defaults():
+    """`python run.py` runs DEFAULT_JOB; with --modality=bimodal every unset flag takes the
+    image-text default instead, and a flag the user sets wins in both."""
+    import run as run_py
+
+    def parsed(*args):
+        run_py.FLAGS.unparse_flags()
+        try:
+            run_py.FLAGS(["run.py", *args])
+            return run_py.pretrain_config()
+        finally:
+            run_py.FLAGS.unparse_flags()
+
+    assert parsed() == config.DEFAULT_JOB
+    bimodal = parsed("--modality=bimodal", "--train_epochs=3")
+    assert bimodal == dataclasses.replace(
+        config.BimodalConfig(), run=dataclasses.replace(config.BimodalConfig().run,
+                                                        train_epochs=3))
+    assert parsed("--image_size=20").data.image_size == 20
+
+
+def test_the_modality_flag_states_the_image_text_defaults():
+    bimodal = config.BimodalConfig()
+    text = FLAGS["modality"].help
+    for flag, value in (("temperature", bimodal.loss.temperature),
+                        ("image_size", bimodal.data.image_size),
+                        ("width_multiplier", bimodal.model.width_multiplier),
+                        ("color_jitter_strength", bimodal.data.color_jitter_strength),
+                        ("optimizer", bimodal.optimizer.optimizer),
+                        ("learning_rate", bimodal.optimizer.learning_rate),
+                        ("weight_decay", bimodal.optimizer.weight_decay),
+                        ("train_epochs", bimodal.run.train_epochs)):
+        assert f"--{flag}={value}" in text, flag

@@ -287,7 +287,7 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
         log_u_old = self.u_table.read(index)
         tau = self.temperature
         if self.temperature_table is not None:
-            tau_all = self.temperature_table.read(index_all)  # for the metrics
+            tau_all = self.temperature_table.read(index_all)  # metrics, remote term
             tau = self.temperature_table.read(index)
         gamma = tf.convert_to_tensor(self.current_gamma.value)
         # Anchors z1 against [z2_all; z1_all], anchors z2 against [z1_all; z2_all].
