@@ -4,8 +4,10 @@
     python bench/levers.py --results_dir results/levers                   # run them all
     python bench/levers.py --results_dir results/levers --only baseline,epochs4
 
-Each lever is the offline default job (`python run.py`, `--mode=train_then_eval`) with the
-flags of that lever added, in a fresh `--model_dir` under --results_dir, as a user runs it:
+Each lever is the offline default job of 2026-12-02 to 2026-12-06 (`PREVIOUS_DEFAULT`: run.py
+with 28x28 images, width 1/8, LARS, 2 epochs) with the flags of that lever added, and
+`default_job` is `python run.py` as it is now; each runs `--mode=train_then_eval` in a fresh
+`--model_dir` under --results_dir, as a user runs it:
 a subprocess under `/usr/bin/time -v`. One JSON line per finished lever goes to stdout and
 to `levers.jsonl`: the flags, wall and CPU seconds of the whole job (set-up, training,
 evaluation, export), CPU use in %, CPU seconds per training example, and run.py's evaluation (linear head, frozen-feature k-NN and linear probe, and the
@@ -30,8 +32,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSONL = "levers.jsonl"
 DEFAULT_BATCH = 256  # config.RunConfig.train_batch_size (this script imports no TensorFlow)
 
-# name -> flags added to the default job; each changes one thing from "baseline".
-LEVERS = {
+# The default job these levers were measured against (2026-12-02 to 2026-12-06): 28x28,
+# ResNet-18 of width 1/8, jitter 0.5, LARS lr 0.3, weight decay 1e-6, 2 epochs. Every lever
+# starts from it, so each keeps its meaning now that run.py's defaults have moved on (to the
+# last lever's configuration: "default_job").
+PREVIOUS_DEFAULT = ["--image_size=28", "--width_multiplier=0.125", "--color_jitter_strength=0.5",
+                    "--optimizer=lars", "--learning_rate=0.3", "--weight_decay=1e-6",
+                    "--train_epochs=2"]
+
+# name -> flags added to PREVIOUS_DEFAULT; each changes one thing from "baseline".
+CHANGES = {
     "baseline": [],
     "epochs4": ["--train_epochs=4"],
     "crop0.25": ["--crop_area_min=0.25"],
@@ -56,7 +66,37 @@ LEVERS = {
     # The same combination at the default width: the epochs the narrower encoder buys.
     "candidate_16px_jitter1_12ep": ["--image_size=16", "--color_jitter_strength=1.0",
                                     "--train_epochs=12"],
+    # Optimisation for a short run (2026-12-06), on the 16x16 / jitter 1.0 / 6-epoch base of
+    # image16_epochs6 and color_jitter1.0: AdamW (FastCLIP's), temperature 0.2, and SimCLR's
+    # own CIFAR-10 recipe (LARS lr 1.0, weight decay 1e-4).
+    "i16_j1_6ep_adamw": ["--image_size=16", "--color_jitter_strength=1.0", "--train_epochs=6",
+                         "--optimizer=adamw", "--learning_rate=0.002", "--weight_decay=0.1"],
+    "i16_j1_6ep_t0.2": ["--image_size=16", "--color_jitter_strength=1.0", "--train_epochs=6",
+                        "--temperature=0.2"],
+    "i16_j1_6ep_simclr_cifar": ["--image_size=16", "--color_jitter_strength=1.0",
+                                "--train_epochs=6", "--learning_rate=1.0",
+                                "--weight_decay=1e-4"],
+    # 128-d features (the 64-d probe underfits its own training set at 81%, raw pixels 89%).
+    "i16_w0.25_j1_5ep_adamw": ["--image_size=16", "--width_multiplier=0.25",
+                               "--color_jitter_strength=1.0", "--train_epochs=5",
+                               "--optimizer=adamw", "--learning_rate=0.002",
+                               "--weight_decay=0.1"],
+    "i16_w0.25_j1_8ep_adamw": ["--image_size=16", "--width_multiplier=0.25",
+                               "--color_jitter_strength=1.0", "--train_epochs=8",
+                               "--optimizer=adamw", "--learning_rate=0.002",
+                               "--weight_decay=0.1"],
+    "i16_w0.5_j1_3ep_adamw": ["--image_size=16", "--width_multiplier=0.5",
+                              "--color_jitter_strength=1.0", "--train_epochs=3",
+                              "--optimizer=adamw", "--learning_rate=0.002",
+                              "--weight_decay=0.1"],
+    # The 8-epoch candidate with one more setting changed: its k-NN ties raw pixels.
+    "i16_w0.25_j1_8ep_adamw_lr0.004": ["--image_size=16", "--width_multiplier=0.25",
+                                      "--color_jitter_strength=1.0", "--train_epochs=8",
+                                      "--optimizer=adamw", "--weight_decay=0.1",
+                                      "--learning_rate=0.004"],
 }
+LEVERS = {name: PREVIOUS_DEFAULT + flags for name, flags in CHANGES.items()}
+LEVERS["default_job"] = []  # run.py as it is: DEFAULT_JOB (i16_w0.25_j1_8ep_adamw_lr0.004)
 
 
 def parse_time_v(text):

@@ -27,6 +27,10 @@ def test_time_v_report_is_parsed():
               "\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:00.00\n")
     assert module.parse_time_v(report) == (60.0, 110.0, 183.0)
     assert module.parse_time_v(report.replace("1:00.00", "1:02:03.5"))[0] == 3723.5
+    # Levers change the default job they were measured against; default_job is run.py's own.
+    assert module.LEVERS["default_job"] == []
+    assert all(flags[:len(module.PREVIOUS_DEFAULT)] == module.PREVIOUS_DEFAULT
+               for name, flags in module.LEVERS.items() if name != "default_job")
 
 
 def test_a_lever_runs_the_default_job_with_its_flags_and_is_not_rerun(small_fashion_mnist,
