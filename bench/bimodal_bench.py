@@ -12,9 +12,10 @@ Default mode, each measurement in a fresh subprocess:
 * `bimodal_sogclr_over_clip_throughput`: their ratio, same run.
 
 `--zero_shot`: `run.py --modality=bimodal` with its offline defaults (Fashion-MNIST with
-template captions, LARS, fixed tau 0.03) at `--train_batch_size=64` for `--zero_shot_steps`
-steps with each loss, then evaluation on the 10000 test images:
-`bimodal_zero_shot_top1` (and image-to-text recall@1/5, wall time) per loss. The load
+template captions, LARS, tau 0.03) at `--train_batch_size=64` for `--zero_shot_steps`
+steps with each of `--losses` (SogCLR, CLIP's InfoNCE, SogCLR with individual temperatures)
+and `--seeds`, then evaluation on the 10000 test images: `bimodal_zero_shot_top1` (and
+recall@k both ways, the temperatures' statistics, wall time) per run. The load
 average is printed with every line: the machine may be shared.
 """
 
@@ -93,13 +94,20 @@ def _sub(args, case, **overrides):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def zero_shot(args, loss):
-    """Trains and evaluates run.py's offline bimodal default with `loss`; returns its summary."""
+# --losses names: run.py's --loss, and SogCLR with iSogCLR's individual temperatures.
+ZERO_SHOT_LOSSES = {"sogclr": ["--loss=sogclr"], "simclr": ["--loss=simclr"],
+                    "sogclr_individual": ["--loss=sogclr", "--individual_temperatures"]}
+
+
+def zero_shot(args, loss, seed=0):
+    """Trains and evaluates run.py's offline bimodal default with `loss` (a ZERO_SHOT_LOSSES
+    name) and `seed`; returns its summary."""
     model_dir = tempfile.mkdtemp(prefix=f"bimodal_bench_{loss}_")
     command = [sys.executable, os.path.join(REPO, "run.py"), "--modality=bimodal",
-               f"--loss={loss}", "--train_batch_size=64", f"--train_steps={args.zero_shot_steps}",
-               "--checkpoint_steps=0", "--checkpoint_epochs=0", f"--model_dir={model_dir}",
-               "--steps_per_execution=10", "--seed=0"]
+               *ZERO_SHOT_LOSSES[loss], "--train_batch_size=64",
+               f"--train_steps={args.zero_shot_steps}", "--checkpoint_steps=0",
+               "--checkpoint_epochs=0", f"--model_dir={model_dir}", "--steps_per_execution=10",
+               f"--seed={seed}"]
     if args.data_dir:
         command.append(f"--data_dir={args.data_dir}")
     start = time.perf_counter()
@@ -121,6 +129,9 @@ def main():
     parser.add_argument("--zero_shot", action="store_true",
                         help="train run.py's bimodal default at batch 64 with each loss")
     parser.add_argument("--zero_shot_steps", type=int, default=600)
+    parser.add_argument("--losses", default="sogclr,simclr",
+                        help=f"--zero_shot: comma-separated of {','.join(ZERO_SHOT_LOSSES)}")
+    parser.add_argument("--seeds", default="0", help="--zero_shot: comma-separated seeds")
     parser.add_argument("--data_dir", default=None, help="TFDS dir (default: TFDS's)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="sogclr", help=argparse.SUPPRESS)
@@ -129,15 +140,22 @@ def main():
         print(json.dumps(CASES[args.case](args)))
         return
     if args.zero_shot:
-        for loss in ("sogclr", "simclr"):
-            summary = zero_shot(args, loss)
-            scores = summary["eval"]
-            print(json.dumps({
-                "name": "bimodal_zero_shot_top1", "loss": loss if loss == "sogclr" else "clip",
-                "value": scores["zero_shot_top1"],
-                **{k: v for k, v in scores.items() if "_recall@" in k},
-                "train_steps": summary["step"], "batch": 64, "temperature": 0.03,
-                "seconds": round(summary["seconds"], 1), "load_average": _load()}), flush=True)
+        losses = [loss for loss in args.losses.split(",") if loss]
+        unknown = sorted(set(losses) - set(ZERO_SHOT_LOSSES))
+        if unknown:
+            parser.error(f"--losses: unknown {unknown}; choose from {sorted(ZERO_SHOT_LOSSES)}")
+        for seed in (int(s) for s in args.seeds.split(",") if s):
+            for loss in losses:
+                summary = zero_shot(args, loss, seed)
+                scores, train = summary["eval"], summary["train"]
+                print(json.dumps({
+                    "name": "bimodal_zero_shot_top1", "loss": "clip" if loss == "simclr" else loss,
+                    "seed": seed, "value": scores["zero_shot_top1"],
+                    **{k: v for k, v in scores.items() if "_recall@" in k},
+                    **{k: v for k, v in train.items() if k.startswith("temperature")},
+                    "train_steps": summary["step"], "batch": 64,
+                    "seconds": round(summary["seconds"], 1), "load_average": _load()}),
+                    flush=True)
         return
 
     common = {"batch": args.batch, "width": args.width, "depth": 18, "image": "28x28x1",

@@ -11,9 +11,10 @@ import tensorflow as tf
 
 from tf_sogclr import distribute, losses
 
-# 1e-5: with individual temperatures at 0.05 the "infonce" gradients carry 1/tau = 20 times
-# float32's rounding (test_losses keeps 1e-6 for the fixed-temperature SogCLR case).
-RTOL, ATOL = 1e-5, 1e-5
+RTOL, ATOL = 1e-5, 1e-6
+# With individual temperatures at 0.05 the "infonce" gradients carry 1/tau = 20 times
+# float32's rounding: those losses' gradients are compared to 1e-5.
+INDIVIDUAL_ATOL = 1e-5
 TABLE_ATOL = 1e-5  # tau's estimate cancels terms of size 1/tau (test_individual_temperatures)
 NUM_EXAMPLES = 20
 TABLE = dict(temperature_range=(0.05, 0.7), learning_rate=0.05, momentum=0.3)
@@ -73,16 +74,17 @@ def _mirrored_step_function(strategy, dense, loss_fn):
     return step
 
 
-def _assert_same_steps(step, reference, rng):
+def _assert_same_steps(step, reference, rng, name):
     """Runs both steps on the same batches (new, repeated and duplicated indices): the same
     loss and summed gradient each time."""
+    atol = INDIVIDUAL_ATOL if name.endswith("_individual") else ATOL
     for index in INDICES:
         x1, x2 = (tf.constant(rng.normal(size=(2 * LOCAL, DIM)), tf.float32) for _ in range(2))
         index = tf.constant(index, tf.int32)
         loss, grad = step(x1, x2, index)
         want_loss, want_grad = reference(x1, x2, index)
-        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(grad, want_grad, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=atol)
+        np.testing.assert_allclose(grad, want_grad, rtol=RTOL, atol=atol)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -94,7 +96,7 @@ def test_one_device_gradients_equal_the_differentiable_gather(name, jit):
     dense, loss_fn = _build(LOSSES[name], False, kernel)
     _assert_same_steps(
         tf.function(lambda *a: _replica_step(free_dense, free_loss, *a), jit_compile=jit),
-        tf.function(lambda *a: _replica_step(dense, loss_fn, *a), jit_compile=jit), rng)
+        tf.function(lambda *a: _replica_step(dense, loss_fn, *a), jit_compile=jit), rng, name)
     for got, want in zip(_tables(free_loss), _tables(loss_fn)):
         np.testing.assert_allclose(got[0], want[0], rtol=RTOL, atol=TABLE_ATOL)
 
@@ -103,7 +105,8 @@ def test_one_device_gradients_equal_the_differentiable_gather(name, jit):
 @pytest.mark.parametrize("free", [False, True], ids=["gather", "collective_free"])
 def test_mirrored_summed_gradients_equal_one_device(name, free, mirrored_strategy):
     """Two replicas, with the differentiable gather or collective-free, against one device
-    with the differentiable gather: loss, summed gradients and every table on every replica."""
+    with the differentiable gather: loss, summed gradients and every table on every replica
+    (u in log space to 1e-5, as test_losses compared u itself to rtol 1e-5)."""
     rng = np.random.default_rng(4)
     kernel = rng.normal(size=(DIM, 5)).astype(np.float32)
     with mirrored_strategy.scope():
@@ -111,7 +114,7 @@ def test_mirrored_summed_gradients_equal_one_device(name, free, mirrored_strateg
     single_dense, single_loss = _build(LOSSES[name], False, kernel)
     _assert_same_steps(
         _mirrored_step_function(mirrored_strategy, mirrored_dense, mirrored_loss),
-        tf.function(lambda *a: _replica_step(single_dense, single_loss, *a)), rng)
+        tf.function(lambda *a: _replica_step(single_dense, single_loss, *a)), rng, name)
     for replicas, want in zip(_tables(mirrored_loss), _tables(single_loss)):
         for got in replicas:
             np.testing.assert_allclose(got, want[0], rtol=RTOL, atol=TABLE_ATOL)

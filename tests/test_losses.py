@@ -1,6 +1,5 @@
 """Tests of tf_sogclr.losses against the NumPy reference in loss_reference.py."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -165,54 +164,6 @@ def test_low_precision_inputs_compute_in_float32(dtype):
     # Against float32 inputs: only the inputs' rounding to `dtype` (3 of its epsilons).
     precision.assert_close_in(dtype, loss, losses.GlobalContrastiveLoss(8)(z1, z2, tf.range(6)),
                               ulps=3)
-
-
-def test_mirrored_two_replicas_equal_one_device(mirrored_strategy):
-    rng = np.random.default_rng(6)
-    local, dim, num_examples = 4, 6, 20
-    strategy = mirrored_strategy
-    assert strategy.num_replicas_in_sync == 2
-    kernel = rng.normal(size=(dim, 5)).astype(np.float32)
-
-    def build():
-        dense = keras.layers.Dense(5, use_bias=False)
-        dense.build((None, dim))
-        dense.kernel.assign(kernel)
-        return dense, losses.GlobalContrastiveLoss(num_examples, temperature=0.2, gamma=0.7)
-
-    with strategy.scope():
-        mirrored_dense, mirrored_loss = build()
-    single_dense, single_loss = build()
-
-    def replica_step(dense, loss_fn, x1, x2, index):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(dense(x1), dense(x2), index)
-            scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
-        return scaled, tape.gradient(scaled, dense.kernel)
-
-    @tf.function
-    def mirrored_step(x1, x2, index):
-        def split(ctx):
-            rows = slice(ctx.replica_id_in_sync_group * local,
-                         (ctx.replica_id_in_sync_group + 1) * local)
-            return x1[rows], x2[rows], index[rows]
-        shards = strategy.experimental_distribute_values_from_function(split)
-        loss, grad = strategy.run(
-            lambda s: replica_step(mirrored_dense, mirrored_loss, *s), args=(shards,))
-        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", grad, axis=None))
-
-    single_step = tf.function(lambda x1, x2, i: replica_step(single_dense, single_loss, x1, x2, i))
-    for index in ([0, 1, 2, 3, 4, 5, 6, 7], [4, 5, 6, 7, 8, 9, 10, 11], [0, 9, 3, 12, 13, 14, 0, 15]):
-        x1 = tf.constant(rng.normal(size=(2 * local, dim)), tf.float32)
-        x2 = tf.constant(rng.normal(size=(2 * local, dim)), tf.float32)
-        index = tf.constant(index, tf.int32)
-        loss, grad = mirrored_step(x1, x2, index)
-        want_loss, want_grad = single_step(x1, x2, index)
-        np.testing.assert_allclose(loss, want_loss, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(grad, want_grad, rtol=RTOL, atol=ATOL)
-        want_table = single_loss.estimates().numpy()
-        for replica_table in mirrored_loss.u_table.log_u.value.values:
-            np.testing.assert_allclose(np.exp(replica_table.numpy()), want_table, rtol=RTOL)
 
 
 def test_cosine_gamma_schedule_and_set_epoch_reach_traced_step():

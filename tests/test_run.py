@@ -8,7 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from tf_sogclr import config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = config.DEFAULT_JOB.data.image_size  # what run.py trains on unless told
 TINY = ["--width_multiplier=0.0625", "--proj_out_dim=8", "--train_batch_size=16",
         "--eval_batch_size=64", "--knn_k=5"]
 
@@ -46,7 +49,7 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
         assert 0.0 <= scores[name] <= 1.0, name
     assert scores["linear_top5"] >= scores["linear_top1"]
     # 128 training images: the raw-pixel probe fits its training set, as a linear model of
-    # 784 inputs can; it is the same protocol as the encoder's.
+    # 256 inputs (16x16) can; it is the same protocol as the encoder's.
     assert scores["raw_pixels_linear_probe_train_top1"] == 1.0
     assert os.listdir(os.path.join(model_dir, "train")) and os.listdir(os.path.join(model_dir, "eval"))
 
@@ -75,20 +78,22 @@ def test_train_then_eval_exports_and_evaluates(small_fashion_mnist, tmp_path):
             "--warmup_epochs=0.0 (fine-tuning defaults for the unset --optimizer, "
             "--learning_rate_scaling, --momentum, --weight_decay, --warmup_epochs)"
             in tuned.stdout)
-    # 28-px images: the fine-tuning input flips the whole image, no crop (the measured default).
+    # The default job's small images (16 px): the fine-tuning input flips the whole image,
+    # no crop (the measured default up to 32 px).
     assert tuned_summary["finetune_crop_area_min"] == 1.0
     assert ("Fine-tuning input: random resized crop of area [1.0, 1] and flip "
-            "(--finetune_crop_area_min unset: the default for 28-px images)" in tuned.stdout)
+            f"(--finetune_crop_area_min unset: the default for {SIZE}-px images)"
+            in tuned.stdout)
     assert tuned_summary["finetune_dir"] == os.path.join(model_dir, "finetune")
     assert 0.0 <= tuned_summary["eval"]["top1"] <= tuned_summary["eval"]["top5"] <= 1.0
     # Beside it, the floor: raw pixels fit on the same 128 labels, which a linear model of
-    # 784 inputs separates, scored on the same test split.
+    # 256 inputs separates, scored on the same test split.
     assert tuned_summary["eval"]["raw_pixels_linear_probe_train_top1"] == 1.0
     for name in ("raw_pixels_linear_probe_top1", "raw_pixels_knn_top1"):
         assert 0.1 < tuned_summary["eval"][name] <= 1.0, name
     from tf_sogclr import export
     loaded = export.load_encoder(tuned_summary["export"])
-    outputs = loaded(np.zeros((2, 28, 28, 1), np.float32))
+    outputs = loaded(np.zeros((2, SIZE, SIZE, 1), np.float32))
     assert outputs["logits"].shape == (2, 10) and "features" in outputs
 
 
