@@ -107,7 +107,7 @@ def zero_shot(args, loss, seed=0):
                *ZERO_SHOT_LOSSES[loss], "--train_batch_size=64",
                f"--train_steps={args.zero_shot_steps}", "--checkpoint_steps=0",
                "--checkpoint_epochs=0", f"--model_dir={model_dir}", "--steps_per_execution=10",
-               f"--seed={seed}"]
+               f"--seed={seed}", *args.extra.split()]
     if args.data_dir:
         command.append(f"--data_dir={args.data_dir}")
     start = time.perf_counter()
@@ -132,6 +132,10 @@ def main():
     parser.add_argument("--losses", default="sogclr,simclr",
                         help=f"--zero_shot: comma-separated of {','.join(ZERO_SHOT_LOSSES)}")
     parser.add_argument("--seeds", default="0", help="--zero_shot: comma-separated seeds")
+    parser.add_argument("--extra", default="",
+                        help="--zero_shot: run.py flags added to every run, space-separated "
+                             "(e.g. --train_split=train[:6400], so that 300 steps make 3 "
+                             "epochs and individual temperatures are used again)")
     parser.add_argument("--data_dir", default=None, help="TFDS dir (default: TFDS's)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="sogclr", help=argparse.SUPPRESS)

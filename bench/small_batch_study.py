@@ -456,7 +456,9 @@ def write_table(path, records, study, command):
         f"{study.epochs} epochs, {study.optimizer.upper()} lr {study.learning_rate:g} x "
         f"{'sqrt(B)' if study.learning_rate_scaling == 'sqrt' else 'B/256'}, "
         f"warm-up {study.warmup_epochs:g} epoch(s), temperature {study.temperature:g}, "
-        f"SogCLR gamma {study.gamma:g} ({study.gamma_schedule}). Test split: "
+        f"SogCLR gamma {study.gamma:g} ({study.gamma_schedule})"
+        f"{', individual temperatures (iSogCLR)' if study.individual_temperatures else ''}. "
+        "Test split: "
         f"{study.test_split}. Top-1 in %, mean ± std over seeds (sample std; none for one "
         "seed).", "",
         "| method | batch | seeds | linear top-1 | k-NN top-1 | examples/s | wall s |",

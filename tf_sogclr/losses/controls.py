@@ -3,7 +3,8 @@
 Both contrast each local anchor with the global batch, like the global losses, and have
 their interface (`loss_fn(a, b, index=None, return_metrics=False)`, `set_epoch`,
 `schedule_logs`, `table_estimates`, `num_examples` None), so a model switches between a
-global loss and its control by argument. They keep no table.
+global loss and its control by argument. They keep no table. Like the global losses they
+take `collective_free_backward` (`losses.local_backward`: no collective in the backward pass).
 """
 
 import keras
