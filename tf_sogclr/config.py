@@ -39,7 +39,7 @@ BIMODAL_TEMPERATURE = 0.03  # --temperature's default with --modality=bimodal (C
 TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
 # iSogCLR's rho (the KL divergence from uniform of the negatives' weights that a learned tau
 # settles at) when --temperature_rho is unset: LibAUC's unimodal default, and for image-text
-# the value the learnable global tau was tuned with (LibAUC's bimodal default is 6.0).
+# the learnable global tau's default since it was added (LibAUC's bimodal default is 6.0).
 TEMPERATURE_RHO = {"unimodal": 0.3, "bimodal": 2.0}
 PROBE_EXAMPLES = 10_000  # the default probe set of the frozen-feature evaluation
 
@@ -253,7 +253,7 @@ class PretrainConfig:
 
     # The offline default job (`DEFAULT_JOB`, the flags' defaults), chosen by measurement to
     # beat raw pixels within 15 minutes on 2 CPU cores (README, "Quickstart"; bench/README.md,
-    # "What moves the default job"): 16x16 images, ResNet-18 of width 1/4 (128-d features),
+    # "The default job that beats raw pixels"): 16x16 images, ResNet-18 of width 1/4 (128-d features),
     # SimCLR's ImageNet colour jitter, AdamW (lr 0.004, decoupled decay 0.1), 8 epochs. The
     # parts' own defaults stay SimCLR's CIFAR-like ones, which tests and studies build on.
     data: DataConfig = DataConfig(image_size=16, color_jitter_strength=1.0)
