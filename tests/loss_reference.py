@@ -59,7 +59,7 @@ def sogclr_step(z1, z2, index, table, gamma, tau):
         neg = [c for c in range(2 * B) if c not in (r, partner)]
         anchors.append((r, partner, neg, index[i]))
     loss, objective, grad_V, u = _global_contrastive(V, anchors, table, gamma, tau, B)
-    _write(table, index, [(u[i] + u[B + i]) / 2.0 for i in range(B)])
+    write_mean(table, index, [(u[i] + u[B + i]) / 2.0 for i in range(B)])
     return (loss, objective, grad_through_normalize(z1, grad_V[:B]),
             grad_through_normalize(z2, grad_V[B:]))
 
@@ -75,14 +75,14 @@ def bimodal_step(image, text, index, image_table, text_table, gamma, tau):
     text_anchors = [(B + i, i, [j for j in range(B) if j != i], index[i]) for i in range(B)]
     loss_i, _, grad_i, u_i = _global_contrastive(V, image_anchors, image_table, gamma, tau, B)
     loss_t, _, grad_t, u_t = _global_contrastive(V, text_anchors, text_table, gamma, tau, B)
-    _write(image_table, index, [u_i[i] for i in range(B)])
-    _write(text_table, index, [u_t[B + i] for i in range(B)])
+    write_mean(image_table, index, [u_i[i] for i in range(B)])
+    write_mean(text_table, index, [u_t[B + i] for i in range(B)])
     grad_V = grad_i + grad_t
     return (loss_i + loss_t, grad_through_normalize(image, grad_V[:B]),
             grad_through_normalize(text, grad_V[B:]))
 
 
-def _write(table, index, values):
+def write_mean(table, index, values):
     """Rows that appear several times in a batch store the mean of their values."""
     sums, counts = {}, {}
     for i, v in zip(index, values):

@@ -57,9 +57,9 @@ class NumpyISogCLR:
                 d, -self.clip, self.clip)
             new_average.append(m)
             new_tau.append(np.clip(tau_old[i] - self.eta * m, *self.range))
-        ref._write(self.u[kind], index, values_u)
-        ref._write(self.tau[kind], index, new_tau)
-        ref._write(self.average[kind], index, new_average)
+        ref.write_mean(self.u[kind], index, values_u)
+        ref.write_mean(self.tau[kind], index, new_tau)
+        ref.write_mean(self.average[kind], index, new_average)
 
     def unimodal(self, z1, z2, index):
         """Returns loss, dL/dz1, dL/dz2; steps the "both" tables."""

@@ -1,4 +1,4 @@
-"""SogCLR's global contrastive losses (ICML 2022): unimodal and two-way (image-text).
+"""SogCLR's global contrastive loss (ICML 2022), and what the image-text loss shares with it.
 
 Each local anchor is contrasted with the *global* batch (every replica's rows, gathered
 differentiably); the per-example moving averages live in `u_table.UTable` layers, read and
@@ -62,7 +62,7 @@ def _validate_hyperparameters(num_examples, temperature, gamma, gamma_schedule, 
         )
 
 
-def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, num_negatives):
+def sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, num_negatives):
     """One anchor direction of docs/algorithm.md, "The step".
 
     sims: raw similarities `[b, K]` (differentiable); negatives: bool `[b, K]`;
@@ -87,7 +87,7 @@ def _sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, 
     return loss, log_u, correct, temperature_gradient
 
 
-def _u_stats(log_u):
+def u_statistics(log_u):
     """log of the mean, min and max of u for a `[b]` batch of log u: in log scale, since u
     itself overflows float32 at CLIP temperatures (e^100 at tau = 0.01)."""
     count = tf.cast(tf.shape(log_u)[0], tf.float32)
@@ -98,16 +98,17 @@ def _u_stats(log_u):
     }
 
 
-def _temperature_stats(tau):
+def temperature_statistics(tau):
     """Mean, min and max of a `[B]` global batch of individual temperatures (the same on
     every replica)."""
     return {"temperature_mean": tf.reduce_mean(tau), "temperature_min": tf.reduce_min(tau),
             "temperature_max": tf.reduce_max(tau)}
 
 
-class _GlobalContrastiveBase(keras.layers.Layer):
-    """Hyper-parameters, gamma variable and schedule shared by the global contrastive losses,
-    and the individual temperatures' tables (`TemperatureTable`) when asked for."""
+class GlobalContrastiveBase(keras.layers.Layer):
+    """Hyper-parameters, gamma variable and schedule shared by the global contrastive losses
+    (this module's and `bimodal_global_contrastive`'s), and the individual temperatures'
+    tables (`TemperatureTable`) when asked for."""
 
     def __init__(
         self,
@@ -235,7 +236,7 @@ class _GlobalContrastiveBase(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
-class GlobalContrastiveLoss(_GlobalContrastiveBase):
+class GlobalContrastiveLoss(GlobalContrastiveBase):
     """SogCLR's unimodal global contrastive loss with its u-table (docs/algorithm.md).
 
     `loss_fn(z1, z2, index)`: projections of two views `[b, d]` (any float dtype) and int
@@ -293,9 +294,9 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
         # Anchors z1 against [z2_all; z1_all], anchors z2 against [z1_all; z2_all].
         sims1 = tf.matmul(z1, tf.concat([z2_all, z1_all], 0), transpose_b=True)
         sims2 = tf.matmul(z2, tf.concat([z1_all, z2_all], 0), transpose_b=True)
-        loss1, log_u1, correct1, tau_gradient1 = _sogclr_direction(
+        loss1, log_u1, correct1, tau_gradient1 = sogclr_direction(
             sims1, negatives, positive, log_u_old, gamma, tau, num_negatives)
-        loss2, log_u2, correct2, tau_gradient2 = _sogclr_direction(
+        loss2, log_u2, correct2, tau_gradient2 = sogclr_direction(
             sims2, negatives, positive, log_u_old, gamma, tau, num_negatives)
         loss = self._scaled(loss1 + loss2, tau)
         # Per-anchor scalars of the global batch, in one all-gather without gradient: the
@@ -326,10 +327,10 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
             "contrastive_accuracy": tf.reduce_mean(
                 tf.cast(tf.concat([correct1, correct2], 0), tf.float32)),
             "input_ok": tf.cast(accept, tf.float32),
-            **_u_stats(log_u),
+            **u_statistics(log_u),
         }
         if self.temperature_table is not None:  # the global batch's, read before its update
-            metrics.update(_temperature_stats(tau_all))
+            metrics.update(temperature_statistics(tau_all))
         return loss, metrics
 
     def estimates(self):
@@ -347,115 +348,3 @@ class GlobalContrastiveLoss(_GlobalContrastiveBase):
     def visited_fraction(self):
         """Fraction of training examples visited so far (reads the whole table)."""
         return self.u_table.visited_fraction()
-
-
-@keras.saving.register_keras_serializable(package="tf_sogclr")
-class BimodalGlobalContrastiveLoss(_GlobalContrastiveBase):
-    """Two-way global contrastive loss for image-text pairs (docs/algorithm.md, "Image-text").
-
-    `loss_fn(image_emb, text_emb, index)`: `[b, d]` embeddings of paired images and texts and
-    int pair indices `[b]`. Table `image_u_table` holds u^I (image anchors against the B-1
-    other texts), `text_u_table` u^T (text anchors against the other images). Returns the
-    mean over local pairs of loss^I + loss^T (over tau with `gradient_scale="infonce"`);
-    metrics and guarantees as
-    `GlobalContrastiveLoss`, plus `temperature_gradient`: the estimate of d objective / d tau,
-    `mean_i [log u^I_i + log u^T_i - sum_j (p^I_ij s^I_ij + p^T_ij s^T_ij) / (tau (B - 1))]`.
-    `temperature` (optional scalar, e.g. a learnable tau's value) overrides the constructor's
-    for this call; no gradient flows to it through the loss. With `individual_temperatures`
-    (`GlobalContrastiveLoss`'s argument) each direction has its own per-pair table, as in
-    LibAUC and iSogCLR: `image_temperature_table` (image anchors) and
-    `text_temperature_table` (text anchors); `temperature` must then be None.
-    """
-
-    def __init__(self, num_examples, temperature=0.1, gamma=0.9, gamma_schedule="constant",
-                 gamma_decay_epochs=None, normalize=True, gradient_scale="infonce",
-                 individual_temperatures=None, temperature_rho=TEMPERATURE_RHO["bimodal"],
-                 collective_free_backward=False, **kwargs):
-        super().__init__(num_examples, temperature, gamma, gamma_schedule, gamma_decay_epochs,
-                         normalize, gradient_scale, individual_temperatures, temperature_rho,
-                         collective_free_backward, **kwargs)
-        self.image_u_table = UTable(self.num_examples, name="image_u_table")
-        self.text_u_table = UTable(self.num_examples, name="text_u_table")
-        self.image_temperature_table = self._temperature_table("image_temperature_table")
-        self.text_temperature_table = self._temperature_table("text_temperature_table")
-        self.built = True
-
-    def call(self, image_emb, text_emb, index, return_metrics=False, temperature=None):
-        image, text, index, image_all, text_all, index_all, accept = self._prepare(
-            image_emb, text_emb, index, ("image_emb", "text_emb", "index"))
-        individual = self.individual_temperatures is not None
-        if individual and temperature is not None:
-            raise ValueError("temperature must be None with individual_temperatures: each "
-                             "pair's tau comes from the loss's own tables.")
-        if individual:
-            tau_i_all = self.image_temperature_table.read(index_all)
-            tau_t_all = self.text_temperature_table.read(index_all)
-            tau_i = self.image_temperature_table.read(index)
-            tau_t = self.text_temperature_table.read(index)
-        else:
-            tau_i = tau_t = tau_i_all = tau_t_all = (
-                self.temperature if temperature is None
-                else tf.stop_gradient(tf.cast(temperature, tf.float32)))
-        batch = tf.shape(image)[0]
-        global_batch = tf.shape(image_all)[0]
-        negatives = inputs.not_self_mask(tf.shape(image)[0], global_batch)  # [b, B]
-        num_negatives = tf.cast(global_batch, tf.float32) - 1.0
-        positive = tf.reduce_sum(image * text, axis=1)
-        gamma = tf.convert_to_tensor(self.current_gamma.value)
-        loss_i, log_u_i, correct_i, tau_gradient_i = _sogclr_direction(
-            tf.matmul(image, text_all, transpose_b=True), negatives, positive,
-            self.image_u_table.read(index), gamma, tau_i, num_negatives)
-        loss_t, log_u_t, correct_t, tau_gradient_t = _sogclr_direction(
-            tf.matmul(text, image_all, transpose_b=True), negatives, positive,
-            self.text_u_table.read(index), gamma, tau_t, num_negatives)
-        loss = self._scaled(loss_i, tau_i) + self._scaled(loss_t, tau_t)
-        # Per-anchor scalars of the global batch, in one all-gather without gradient.
-        log_u_i_all, log_u_t_all, tau_gradient_i_all, tau_gradient_t_all = tf.unstack(
-            distribute.cross_replica_concat(tf.stop_gradient(tf.stack(
-                [log_u_i, log_u_t, tau_gradient_i, tau_gradient_t], axis=1))), num=4, axis=1)
-        if self.collective_free_backward:
-            in_sum = tf.not_equal(tf.range(global_batch)[:, None],
-                                  local_backward.local_rows(batch)[None, :])  # [B, b]
-            remote = (
-                local_backward.remote_term(image_all, text, in_sum, log_u_i_all, tau_i_all,
-                                           self._remote_scale(tau_i_all, num_negatives))
-                + local_backward.remote_term(text_all, image, in_sum, log_u_t_all, tau_t_all,
-                                             self._remote_scale(tau_t_all, num_negatives)))
-            loss = local_backward.with_remote_gradient(loss, remote, batch)
-        self.image_u_table.write(index_all, log_u_i_all, accept)
-        self.text_u_table.write(index_all, log_u_t_all, accept)
-        if individual:
-            self._update_temperatures(self.image_temperature_table, index_all,
-                                      tau_gradient_i_all, accept)
-            self._update_temperatures(self.text_temperature_table, index_all,
-                                      tau_gradient_t_all, accept)
-        if not return_metrics:
-            return loss
-        metrics = {
-            "objective": tf.reduce_mean(tau_i * log_u_i + tau_t * log_u_t - 2.0 * positive),
-            "contrastive_accuracy": tf.reduce_mean(
-                tf.cast(tf.concat([correct_i, correct_t], 0), tf.float32)),
-            "input_ok": tf.cast(accept, tf.float32),
-            "temperature_gradient": tf.reduce_mean(tau_gradient_i + tau_gradient_t),
-            **_u_stats(log_add_exp(log_u_i, log_u_t) - math.log(2.0)),
-        }
-        if individual:  # the global batch's, read before this step's update
-            metrics.update(_temperature_stats(tf.concat([tau_i_all, tau_t_all], 0)))
-        return loss, metrics
-
-    def estimates(self):
-        """Both tables in linear scale: `{"image": [N], "text": [N]}`, 0 where never visited."""
-        return {"image": self.image_u_table.estimates(), "text": self.text_u_table.estimates()}
-
-    def table_estimates(self):
-        """{summary name: `[num_examples]`} of every table (summaries): u in linear scale,
-        and the individual temperatures when there are any."""
-        tables = {f"u_table_{name}": values for name, values in self.estimates().items()}
-        if self.individual_temperatures is not None:
-            tables["temperature_table_image"] = self.image_temperature_table.estimates()
-            tables["temperature_table_text"] = self.text_temperature_table.estimates()
-        return tables
-
-    def visited_fraction(self):
-        """Fraction of pairs visited so far (reads the image table)."""
-        return self.image_u_table.visited_fraction()
