@@ -280,6 +280,8 @@ def test_the_config_checks_name_the_flag():
             config.LossConfig(**on, **kwargs).validate()
     with pytest.raises(ValueError, match="--temperature_rho must be a number in"):
         config.LossConfig(temperature_rho=-1.0).validate()
+    with pytest.raises(ValueError, match="--temperature_min must be a number in"):
+        config.LossConfig(temperature_min=-0.1).validate()  # checked even when off
     with pytest.raises(ValueError, match="--learnable_temperature must be false with "
                                          "--individual_temperatures"):
         config.BimodalConfig(loss=config.LossConfig(temperature=0.03, **on),

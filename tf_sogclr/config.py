@@ -154,22 +154,23 @@ class LossConfig:
         checks.boolean("--collective_free_backward", self.collective_free_backward)
         if self.temperature_rho is not None:
             checks.in_range("--temperature_rho", self.temperature_rho, 0.0, 100.0)
+        # The table's settings are checked whether or not it is on: a bad value is a typo.
+        checks.in_range("--temperature_min", self.temperature_min, 0.0, 1.0,
+                        low_open=True, high_open=True)
+        checks.in_range("--temperature_max", self.temperature_max, self.temperature_min,
+                        float("inf"), low_open=True, high_open=True)
+        checks.in_range("--temperature_learning_rate", self.temperature_learning_rate,
+                        0.0, float("inf"), high_open=True)
+        checks.in_range("--temperature_momentum", self.temperature_momentum, 0.0, 1.0,
+                        high_open=True)
+        checks.in_range("--temperature_gradient_clip", self.temperature_gradient_clip,
+                        0.0, float("inf"), low_open=True, high_open=True)
         if self.individual_temperatures:
             if self.loss != "sogclr":
                 checks.fail("--individual_temperatures", "false with --loss=simclr (the "
                             "controls keep one tau)", True)
-            checks.in_range("--temperature_min", self.temperature_min, 0.0, 1.0,
-                            low_open=True, high_open=True)
-            checks.in_range("--temperature_max", self.temperature_max, self.temperature_min,
-                            float("inf"), low_open=True, high_open=True)
             checks.in_range("--temperature", self.temperature, self.temperature_min,
                             self.temperature_max)
-            checks.in_range("--temperature_learning_rate", self.temperature_learning_rate,
-                            0.0, float("inf"), high_open=True)
-            checks.in_range("--temperature_momentum", self.temperature_momentum, 0.0, 1.0,
-                            high_open=True)
-            checks.in_range("--temperature_gradient_clip", self.temperature_gradient_clip,
-                            0.0, float("inf"), low_open=True, high_open=True)
         checks.in_range("--gamma", self.gamma, 0.0, 1.0, low_open=True)
         checks.choice("--gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         if self.gamma_schedule == "cosine":
