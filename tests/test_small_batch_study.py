@@ -58,15 +58,16 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
     assert after[:6] == kept and after[6]["method"] == "random" and len(after) == 7
 
 
-def test_plan_fits_the_budget_and_writes_nothing(tmp_path):
+def test_plan_fits_the_budget_and_writes_nothing(module, tmp_path):
     results = tmp_path / "results"
     done = succeeded(study(f"--results_dir={results}", "--plan", timeout=120))
-    assert "Runs (25, 0 already done)" in done.stdout
-    for name in ("simclr_b32_s0", "sogclr_b512_s2", "supervised_b128_s2", "random_b0_s2",
-                 "raw_pixels_b0_s0"):
+    assert "Runs (31, 0 already done)" in done.stdout
+    for name in ("simclr_b16_s2", "sogclr_b16_s1", "simclr_b32_s0", "sogclr_b64_s2",
+                 "sogclr_b512_s2", "supervised_b128_s2", "random_b0_s2", "raw_pixels_b0_s0"):
         assert name in done.stdout
+    assert "simclr_b32_s1" not in done.stdout  # one seed away from 16, 64 and 512
     whole = float(done.stdout.split("whole study ")[1].split(" min")[0])
-    assert whole <= 0.8 * 60
+    assert whole <= (1 - module.MARGIN) * module.BUDGET_S / 60 and module.BUDGET_S == 90 * 60
     assert not results.exists()
 
 
@@ -96,6 +97,7 @@ def test_table_and_plot_summarise_seeds_of_the_current_configuration(module, tmp
     other = module.Study(train_subset=1000, epochs=2, gamma=0.5)
     records = [record("sogclr", 64, s, v, v - 0.1) for s, v in enumerate((0.70, 0.72, 0.74))]
     records += [record("simclr", 64, 0, 0.65, 0.60), record("random", 0, 0, 0.30, 0.25),
+                record("raw_pixels", 0, 0, 0.68, 0.63), record("simclr", 512, 0, 0.70, 0.61),
                 record("sogclr", 64, 9, 0.10, 0.10, cfg=other)]
     assert study_cfg.config_id("simclr") == other.config_id("simclr")
     assert study_cfg.config_id("sogclr") != other.config_id("sogclr")
@@ -103,9 +105,15 @@ def test_table_and_plot_summarise_seeds_of_the_current_configuration(module, tmp
     table_path, plot_path = str(tmp_path / "t.md"), str(tmp_path / "p.png")
     module.write_table(table_path, records, study_cfg, "python bench/small_batch_study.py")
     table = open(table_path).read()
-    assert "| sogclr | 64 | 3 | 72.0 ± 2.0 | 62.0 ± 2.0 | 100 | 10 |" in table
-    assert "| simclr | 64 | 1 | 65.0 | 60.0 |" in table
+    # Every row is compared with raw pixels, the floor.
+    assert "| sogclr | 64 | 3 | 72.0 ± 2.0 | 62.0 ± 2.0 | +4.0 / -1.0 | 100 | 10 |" in table
+    assert "| simclr | 64 | 1 | 65.0 | 60.0 | -3.0 / -3.0 |" in table
+    assert "| raw_pixels (reference) | — | 1 | 68.0 | 63.0 | — |" in table
     assert "| 64 | 65.0 | 72.0 ± 2.0 | +7.0 | 60.0 | 62.0 ± 2.0 | +2.0 |" in table
+    assert "| 512 | 70.0 | — | — | 61.0 | — | — |" in table
+    # The paper's claim: SogCLR at each batch against SimCLR at the largest (512).
+    assert "SimCLR at the largest (512)" in table
+    assert "| 64 | 72.0 ± 2.0 | 70.0 | +2.0 | 62.0 ± 2.0 | 61.0 | +1.0 |" in table
     assert "1 records of other configurations" in table
     module.write_plot(plot_path, records, study_cfg)
     assert open(plot_path, "rb").read(8) == PNG_MAGIC
@@ -119,3 +127,18 @@ def test_probe_recipe_is_the_librarys(module):
         linear_probe.PROBE_STEPS, linear_probe.PROBE_LEARNING_RATE, linear_probe.PROBE_L2)
     assert (module.KNN_K, module.KNN_TEMPERATURE) == (
         frozen_features.KNN_K, frozen_features.KNN_TEMPERATURE)
+
+
+def test_pretrain_subset_changes_what_pretraining_sees_not_the_probe(module):
+    base = module.Study(train_subset=1000)
+    wider = module.Study(train_subset=1000, pretrain_subset=6000)
+    assert (base.pretrain_split, wider.pretrain_split) == ("train[:1000]", "train[:6000]")
+    assert base.train_split == wider.train_split == "train[:1000]"
+    assert base.config_id("raw_pixels") == wider.config_id("raw_pixels")
+    for method in ("simclr", "sogclr", "supervised"):
+        assert base.config_id(method) != wider.config_id(method)
+    run = module.Run("sogclr", 100, 0)
+    assert module.estimate_s(run, wider, module.builtin_rates()) > module.estimate_s(
+        run, base, module.builtin_rates())
+    assert module.pretrain_config(base, run, "/tmp/unused").data.train_split == "train[:1000]"
+    assert module.pretrain_config(wider, run, "/tmp/unused").data.train_split == "train[:6000]"
