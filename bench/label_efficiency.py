@@ -32,11 +32,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -46,8 +43,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.study_records import (append_record, format_mean_std,  # noqa: E402
-                                 read_records, summarise, write_atomically)
+from bench.study_records import (add_dataclass_flags, append_record,  # noqa: E402
+                                 dataclass_from_args, format_mean_std, git_commit,
+                                 read_records, settings_id, summarise, write_atomically)
 
 PRETRAINED = ("sogclr", "simclr")
 SOURCES = PRETRAINED + ("scratch", "raw_pixels")
@@ -75,8 +73,8 @@ class Study:
 
     def config_id(self):
         """Hash of the settings that change a result (data_dir does not)."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k != "data_dir"}
-        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        return settings_id({k: v for k, v in dataclasses.asdict(self).items()
+                            if k != "data_dir"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,18 +298,12 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="labelled subsets and fine-tuning seeds below 100%% (default 0 1 2; "
                         "--quick: 0)")
-    for field in dataclasses.fields(Study):
-        kind = {"int": int, "int | None": int}.get(str(field.type), str)
-        p.add_argument(f"--{field.name}", type=kind, default=None,
-                       help=f"default: {field.default}")
+    add_dataclass_flags(p, Study, QUICK)
     return p.parse_args(argv)
 
 
 def study_from_args(args):
-    values = dict(QUICK) if args.quick else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Study)
-                   if getattr(args, f.name) is not None})
-    return Study(**values)
+    return dataclass_from_args(Study, args, QUICK)
 
 
 def check_plan(study, fractions, seeds, num_label_examples):
@@ -356,8 +348,7 @@ def main(argv=None):
     records = read_records(jsonl)
     command = "python bench/label_efficiency.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = git_commit(REPO)
     stamp = {"config_id": study.config_id(), "commit": commit}
 
     def finish(record):

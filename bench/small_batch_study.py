@@ -87,9 +87,10 @@ Outputs under --results_dir:
   `linear_top1`, `knn_top1`, `wall_s` (whole run: train + evaluation), `examples_per_s`
   (training examples / training seconds, build and trace included), and `train_s`, `eval_s`,
   `steps`, `linear_train_top1`, `head_top1` (supervised), `final_logs`, `load_avg`,
-  `config` and `config_id` (hash of the settings that matter for that method);
-* `results.md`: mean +- std over seeds per (method, batch size) and the references, and the
-  SogCLR - SimCLR difference per batch size;
+  `config` and `config_id` (hash of the settings that matter for that method), `commit`;
+* `results.md`: mean +- std over seeds per (method, batch size) and the references, each
+  against raw pixels, the SogCLR - SimCLR difference per batch size, and the paper's claim:
+  SogCLR at each batch size against SimCLR at the largest;
 * `small_batch.png`: linear-probe and k-NN top-1 against batch size (log2 axis), one line per
   method with std error bars, the references as horizontal lines;
 * `runs/<run>/train`: each pretraining run's TensorBoard scalars (checkpoints are deleted).
@@ -106,8 +107,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -120,8 +119,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.study_records import (append_record, format_mean_std,  # noqa: E402
-                                 read_records, summarise, write_atomically)
+from bench.study_records import (add_dataclass_flags, append_record,  # noqa: E402
+                                 dataclass_from_args, format_mean_std, git_commit,
+                                 read_records, settings_id, summarise, write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
@@ -225,8 +225,7 @@ class Study:
         return out
 
     def config_id(self, method):
-        text = json.dumps(self.relevant(method), sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:10]
+        return settings_id(self.relevant(method))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,6 +446,7 @@ def execute(study, run, results_dir):
         "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "config_id": study.config_id(run.method), "config": study.relevant(run.method),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_commit(REPO),
     }
 
 
@@ -470,10 +470,12 @@ def groups(records, study):
 def write_table(path, records, study, command):
     grouped = groups(records, study)
     ignored = sum(1 for r in records if r.get("config_id") != study.config_id(r["method"]))
+    commits = sorted({r.get("commit", "unrecorded") for rs in grouped.values() for r in rs})
     lines = [
         "# Small-batch study: SogCLR vs SimCLR on Fashion-MNIST", "",
         f"Command: `{command}`  ",
-        f"Written: {datetime.datetime.now().isoformat(timespec='seconds')}", "",
+        f"Written: {datetime.datetime.now().isoformat(timespec='seconds')}, runs from commit "
+        f"{', '.join(commits) or '—'}", "",
         f"ResNet-{study.resnet_depth} x{study.width_multiplier:g} (small stem), "
         f"{study.image_size}x{study.image_size} images, pretrained on {study.pretrain_split} "
         f"for {study.epochs} epochs, probe set and k-NN memory bank {study.train_split}, "
@@ -684,15 +686,7 @@ def parse_args(argv=None):
                    help=f"default {','.join(map(str, MULTI_SEED_BATCHES))}")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)}")
-    for field in dataclasses.fields(Study):
-        if field.name in ("data_dir",):
-            continue
-        kind = {"int": int, "float": float, "str": str}.get(
-            field.type.split(" ")[0] if isinstance(field.type, str) else field.type.__name__,
-            int)
-        quick = f" (--quick: {QUICK[field.name]})" if field.name in QUICK else ""
-        p.add_argument(f"--{field.name}", type=kind, default=None,
-                       help=f"default {field.default}{quick}")
+    add_dataclass_flags(p, Study, QUICK, skip=("data_dir",))
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = set(args.methods) - set(METHODS)
@@ -705,13 +699,7 @@ QUICK = {"train_subset": 1024, "test_subset": 2000, "epochs": 1}
 
 
 def study_from_args(args):
-    values = dict(QUICK) if args.quick else {}
-    for field in dataclasses.fields(Study):
-        given = getattr(args, field.name, None)
-        if given is not None:
-            values[field.name] = given
-    values["data_dir"] = args.data_dir
-    return Study(**values)
+    return dataclass_from_args(Study, args, QUICK, data_dir=args.data_dir)
 
 
 def main(argv=None):

@@ -4,11 +4,16 @@ A study appends one JSON object per finished run (`append_record`, fsync'd, so a
 most the run in progress) and, when started again, reads them back (`read_records`, which
 drops a line cut short by a kill) to skip what is done. `summarise` and `format_mean_std`
 turn the runs of one cell into the tables' "mean ± std" (sample std over seeds).
+`add_dataclass_flags` / `dataclass_from_args` make a study's settings dataclass its command
+line, `settings_id` names a configuration in the records, `git_commit` the code that ran it.
 """
 
+import dataclasses
+import hashlib
 import json
 import os
 import statistics
+import subprocess
 
 
 def read_records(path):
@@ -59,3 +64,43 @@ def write_atomically(path, text):
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def settings_id(settings):
+    """A short stable hash of a JSON-ready dict: records with equal ids ran the same settings."""
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def git_commit(repo):
+    """The short commit `repo` is checked out at ("unknown" outside git)."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
+                          capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def add_dataclass_flags(parser, cls, quick=None, skip=()):
+    """One `--<field>` flag per field of the dataclass `cls` (int, float or str, from its
+    annotation; default None = the field's default), its help naming the default and the
+    `quick` override."""
+    quick = quick or {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        annotation = field.type if isinstance(field.type, str) else field.type.__name__
+        kind = {"int": int, "float": float, "str": str}.get(annotation.split(" ")[0], str)
+        note = f" (--quick: {quick[field.name]})" if field.name in quick else ""
+        parser.add_argument(f"--{field.name}", type=kind, default=None,
+                            help=f"default {field.default}{note}")
+
+
+def dataclass_from_args(cls, args, quick=None, **fixed):
+    """`cls` from the flags of `add_dataclass_flags`: the defaults, then `quick`'s values when
+    `args.quick`, then the flags given, then `fixed`."""
+    values = dict(quick or {}) if getattr(args, "quick", False) else {}
+    for field in dataclasses.fields(cls):
+        given = getattr(args, field.name, None)
+        if given is not None:
+            values[field.name] = given
+    values.update(fixed)
+    return cls(**values)
