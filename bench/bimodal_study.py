@@ -63,9 +63,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.study_records import (add_dataclass_flags, append_record,  # noqa: E402
-                                 dataclass_from_args, format_mean_std, git_commit,
-                                 read_records, settings_id, summarise, write_atomically)
+from bench.study_records import (add_dataclass_flags, batch_size_axis,  # noqa: E402
+                                 dataclass_from_args, drop_checkpoints, format_mean_std,
+                                 git_commit, print_run_estimates, read_records, run_pending,
+                                 settings_id, summarise, write_atomically)
 
 METHODS = ("sogclr", "clip")
 LOSS_OF_METHOD = {"sogclr": "sogclr", "clip": "simclr"}  # run.py's --loss (InfoNCE: simclr)
@@ -217,9 +218,7 @@ def execute(study, run, results_dir):
     train_s = time.perf_counter() - start
     scores = modalities.get("bimodal").evaluate(cfg, result.model)
     wall_s = time.perf_counter() - start
-    for path in os.listdir(model_dir):  # keep TensorBoard scalars, drop checkpoints
-        if path.startswith("ckpt-") or path == "checkpoint":
-            os.remove(os.path.join(model_dir, path))
+    drop_checkpoints(model_dir)
     scores = {k: float(v) for k, v in scores.items()}
     return {
         "set": run.set_name, "method": run.method, "batch_size": run.batch_size,
@@ -296,19 +295,9 @@ def print_plan(study, runs, rates, done, source):
             f"{b}: {r:.0f}" for b, r in sorted(cost["examples_per_s"].items())) +
             f"; fixed cost per run {cost['overhead_s']:.0f} s; evaluation "
             f"{cost['eval_s']:.0f} s")
-    todo = [r for r in runs if r not in done]
-    print(f"Runs ({len(runs)}, {len(runs) - len(todo)} already done):")
-    for run in runs:
-        status = "done" if run in done else f"~{estimate_s(run, study, rates) / 60:.1f} min"
-        print(f"  {run.name:<28} {status}")
-    total = sum(estimate_s(r, study, rates) for r in todo)
-    whole = sum(estimate_s(r, study, rates) for r in runs)
-    print(f"Estimated time left: {total / 60:.1f} min; whole study {whole / 60:.1f} min "
-          f"(budget {BUDGET_S / 60:.0f} min, {100 * (1 - whole / BUDGET_S):.0f}% margin)")
-    fits = [e for e in range(1, 101)
-            if sum(estimate_s(r, study, rates, e) for r in runs) <= (1 - MARGIN) * BUDGET_S]
-    print(f"Most epochs that keep a {100 * MARGIN:.0f}% margin at these costs: "
-          f"{max(fits) if fits else 'none'} (--epochs)")
+    print_run_estimates(runs, done,
+                        lambda run, epochs=None: estimate_s(run, study, rates, epochs),
+                        BUDGET_S, MARGIN)
 
 
 # --------------------------------------------------------------------------- results
@@ -410,15 +399,8 @@ def write_plot(path, records, study):
             ax.errorbar(xs, [100 * p[0] for _, p in points],
                         yerr=[100 * (p[1] or 0.0) for _, p in points], color=color,
                         marker=marker, capsize=4, label=label)
-        ax.set_xscale("log", base=2)
-        if batches:
-            ax.set_xticks(sorted(batches), [str(b) for b in sorted(batches)])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(f"{PRIMARY_METRIC[set_name]} (%)")
-        ax.set_title(set_name if batches else f"{set_name}: no runs")
-        ax.grid(alpha=0.3)
-        if batches:
-            ax.legend(fontsize=8)
+        batch_size_axis(ax, batches, f"{PRIMARY_METRIC[set_name]} (%)",
+                        set_name if batches else f"{set_name}: no runs")
     fig.suptitle(f"Image-text SogCLR vs CLIP loss, {study.epochs} epochs on "
                  f"{study.train_subset} pairs (mean ± std over seeds)", fontsize=10)
     fig.savefig(path + ".tmp.png", dpi=110)
@@ -502,21 +484,14 @@ def main(argv=None):
         offline.prepare(DATASET_OF_SET[set_name], study.data_dir)
     os.makedirs(args.results_dir, exist_ok=True)
     command = "python bench/bimodal_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    todo = [r for r in runs if r not in done]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {jsonl}, {len(todo)} to go",
-          flush=True)
-    start = time.perf_counter()
-    for i, run in enumerate(todo, 1):
-        record = execute(study, run, args.results_dir)
-        append_record(jsonl, record)
-        records.append(record)
+
+    def write_outputs(records):
         write_table(os.path.join(args.results_dir, TABLE), records, study, command)
         write_plot(os.path.join(args.results_dir, PLOT), records, study)
-        print(f"[{i}/{len(todo)}] {run.name}: {PRIMARY_METRIC[run.set_name]} "
-              f"{100 * record['score']:.1f}  ({record['wall_s']:.0f} s, "
-              f"{(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
-    write_table(os.path.join(args.results_dir, TABLE), records, study, command)
-    write_plot(os.path.join(args.results_dir, PLOT), records, study)
+
+    run_pending(runs, done, lambda run: execute(study, run, args.results_dir), records, jsonl,
+                write_outputs,
+                lambda r: f"{PRIMARY_METRIC[r['set']]} {100 * r['score']:.1f}")
     print(f"Table: {os.path.join(args.results_dir, TABLE)}\n"
           f"Plot: {os.path.join(args.results_dir, PLOT)}")
     return 0

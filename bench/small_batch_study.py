@@ -119,9 +119,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.study_records import (add_dataclass_flags, append_record,  # noqa: E402
-                                 dataclass_from_args, format_mean_std, git_commit,
-                                 read_records, settings_id, summarise, write_atomically)
+from bench.study_records import (add_dataclass_flags, batch_size_axis,  # noqa: E402
+                                 dataclass_from_args, drop_checkpoints, format_mean_std,
+                                 git_commit, print_run_estimates, read_records, run_pending,
+                                 settings_id, summarise, write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
@@ -291,20 +292,9 @@ def print_plan(study, runs, rates, done, source):
         f"{b}: {r:.0f}" for b, r in sorted(rates["examples_per_s"].items())) +
         f" (supervised x{SUPERVISED_SPEEDUP:g}); fixed cost per training run "
         f"{rates['overhead_s']:.0f} s; evaluation {rates['eval_s_per_10k']:.1f} s per 10k images")
-    todo = [r for r in runs if r not in done]
-    print(f"Runs ({len(runs)}, {len(runs) - len(todo)} already done):")
-    for run in runs:
-        status = "done" if run in done else f"~{estimate_s(run, study, rates) / 60:.1f} min"
-        print(f"  {run.name:<22} {status}")
-    total = sum(estimate_s(r, study, rates) for r in todo)
-    whole = sum(estimate_s(r, study, rates) for r in runs)
-    print(f"Estimated time left: {total / 60:.1f} min; whole study {whole / 60:.1f} min "
-          f"(budget {BUDGET_S / 60:.0f} min, {100 * (1 - whole / BUDGET_S):.0f}% margin)")
-    fits = [e for e in range(1, 201)
-            if sum(estimate_s(r, study, rates, e) for r in runs) <= (1 - MARGIN) * BUDGET_S]
-    print(f"Most epochs that keep a {100 * MARGIN:.0f}% margin at these costs: "
-          f"{max(fits) if fits else 'none'} (--epochs)")
-    return total
+    return print_run_estimates(
+        runs, done, lambda run, epochs=None: estimate_s(run, study, rates, epochs), BUDGET_S,
+        MARGIN)
 
 
 # --------------------------------------------------------------------------- runs
@@ -427,9 +417,7 @@ def execute(study, run, results_dir):
         shutil.rmtree(model_dir, ignore_errors=True)  # an interrupted run starts afresh
         result = lifecycle.pretrain(pretrain_config(study, run, model_dir), verbose=0)
         encoder, steps, logs = result.model.encoder, result.step, result.logs
-        for path in os.listdir(model_dir):  # keep TensorBoard scalars, drop checkpoints
-            if path.startswith("ckpt-") or path == "checkpoint":
-                os.remove(os.path.join(model_dir, path))
+        drop_checkpoints(model_dir)
     train_s = time.perf_counter() - start
     scores = evaluate_encoder(study, encoder, info)
     wall_s = time.perf_counter() - start
@@ -588,14 +576,7 @@ def write_plot(path, records, study):
                 spread = f" ± {100 * std:.1f}" if std is not None else ""
                 ax.axhline(100 * mean, color=color, linestyle=style,
                            label=f"{label}: {100 * mean:.1f}{spread} (n={n})")
-        ax.set_xscale("log", base=2)
-        if batches:
-            ax.set_xticks(sorted(batches), [str(b) for b in sorted(batches)])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("test top-1 (%)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        batch_size_axis(ax, batches, "test top-1 (%)", title)
     fig.suptitle(f"Fashion-MNIST, ResNet-{study.resnet_depth} x{study.width_multiplier:g}, "
                  f"{study.image_size}px, {study.epochs} epochs on {study.pretrain_images} "
                  f"images, probe set {study.train_subset} (mean ± std over seeds)", fontsize=10)
@@ -740,21 +721,14 @@ def main(argv=None):
     os.makedirs(args.results_dir, exist_ok=True)
     command = "python bench/small_batch_study.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    todo = [r for r in runs if r not in done]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {jsonl}, {len(todo)} to go",
-          flush=True)
-    study_start = time.perf_counter()
-    for i, run in enumerate(todo, 1):
-        record = execute(study, run, args.results_dir)
-        append_record(jsonl, record)
-        records.append(record)
+
+    def write_outputs(records):
         write_table(os.path.join(args.results_dir, TABLE), records, study, command)
         write_plot(os.path.join(args.results_dir, PLOT), records, study)
-        print(f"[{i}/{len(todo)}] {run.name}: linear {100 * record['linear_top1']:.1f}  "
-              f"k-NN {100 * record['knn_top1']:.1f}  ({record['wall_s']:.0f} s, "
-              f"{(time.perf_counter() - study_start) / 60:.1f} min so far)", flush=True)
-    write_table(os.path.join(args.results_dir, TABLE), records, study, command)
-    write_plot(os.path.join(args.results_dir, PLOT), records, study)
+
+    run_pending(runs, done, lambda run: execute(study, run, args.results_dir), records, jsonl,
+                write_outputs, lambda r: f"linear {100 * r['linear_top1']:.1f}  "
+                                         f"k-NN {100 * r['knn_top1']:.1f}")
     print(f"Table: {os.path.join(args.results_dir, TABLE)}\n"
           f"Plot: {os.path.join(args.results_dir, PLOT)}")
     return 0

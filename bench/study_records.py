@@ -5,7 +5,9 @@ most the run in progress) and, when started again, reads them back (`read_record
 drops a line cut short by a kill) to skip what is done. `summarise` and `format_mean_std`
 turn the runs of one cell into the tables' "mean ± std" (sample std over seeds).
 `add_dataclass_flags` / `dataclass_from_args` make a study's settings dataclass its command
-line, `settings_id` names a configuration in the records, `git_commit` the code that ran it.
+line, `settings_id` names a configuration in the records, `git_commit` the code that ran it;
+`print_run_estimates` is the plan, `run_pending` the resumable loop over the runs,
+`drop_checkpoints` cleans a finished run, `batch_size_axis` draws the plots' x axis.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 
 
 def read_records(path):
@@ -104,3 +107,63 @@ def dataclass_from_args(cls, args, quick=None, **fixed):
             values[field.name] = given
     values.update(fixed)
     return cls(**values)
+
+
+def drop_checkpoints(model_dir):
+    """Deletes a finished run's checkpoints from `model_dir`, keeping its TensorBoard scalars."""
+    for path in os.listdir(model_dir):
+        if path.startswith("ckpt-") or path == "checkpoint":
+            os.remove(os.path.join(model_dir, path))
+
+
+def print_run_estimates(runs, done, estimate_s, budget_s, margin):
+    """Prints each run's estimate (`estimate_s(run, epochs=None)` seconds; "done" for runs in
+    `done`), the time left and the whole study's against `budget_s`, and the most epochs
+    that keep a `margin` (fraction) of it. Returns the seconds left."""
+    todo = [r for r in runs if r not in done]
+    print(f"Runs ({len(runs)}, {len(runs) - len(todo)} already done):")
+    width = max((len(r.name) for r in runs), default=0) + 2
+    for run in runs:
+        status = "done" if run in done else f"~{estimate_s(run) / 60:.1f} min"
+        print(f"  {run.name:<{width}} {status}")
+    left = sum(estimate_s(r) for r in todo)
+    whole = sum(estimate_s(r) for r in runs)
+    print(f"Estimated time left: {left / 60:.1f} min; whole study {whole / 60:.1f} min "
+          f"(budget {budget_s / 60:.0f} min, {100 * (1 - whole / budget_s):.0f}% margin)")
+    fits = [e for e in range(1, 201)
+            if sum(estimate_s(r, e) for r in runs) <= (1 - margin) * budget_s]
+    print(f"Most epochs that keep a {100 * margin:.0f}% margin at these costs: "
+          f"{max(fits) if fits else 'none'} (--epochs)")
+    return left
+
+
+def run_pending(runs, done, execute, records, jsonl, write_outputs, describe):
+    """Executes the `runs` not in `done`, one after the other. Each record
+    (`execute(run)`) is appended to `jsonl` and `records`, then `write_outputs(records)`
+    rewrites the table and plot; a progress line shows `describe(record)`."""
+    todo = [r for r in runs if r not in done]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {jsonl}, {len(todo)} to go",
+          flush=True)
+    start = time.perf_counter()
+    for i, run in enumerate(todo, 1):
+        record = execute(run)
+        append_record(jsonl, record)
+        records.append(record)
+        write_outputs(records)
+        print(f"[{i}/{len(todo)}] {run.name}: {describe(record)}  ({record['wall_s']:.0f} s, "
+              f"{(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+    write_outputs(records)
+
+
+def batch_size_axis(ax, batches, ylabel, title):
+    """A matplotlib axis over batch sizes: log2 x with a tick at each of `batches`, a grid,
+    and a legend when anything is drawn."""
+    ax.set_xscale("log", base=2)
+    if batches:
+        ax.set_xticks(sorted(batches), [str(b) for b in sorted(batches)])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
