@@ -249,10 +249,10 @@ def estimate_s(run, study, rates, epochs=None):
     return cost["overhead_s"] + examples / by_batch[nearest] + cost["eval_s"]
 
 
-def probe(study, sets, batch_sizes, steps=(10, 40)):
+def probe(study, sets, batch_sizes, examples=(2048, 8192)):
     """This machine's rates at `study`'s configuration: per (set, batch size), two SogCLR
-    pretraining runs of `steps` steps (the difference gives examples/s, the remainder the
-    fixed cost), and one evaluation per set."""
+    pretraining runs of about `examples` examples (the difference gives examples/s, the
+    remainder the fixed cost), and one evaluation per set."""
     import tempfile
 
     import keras
@@ -261,9 +261,12 @@ def probe(study, sets, batch_sizes, steps=(10, 40)):
     rates = {}
     for set_name in sets:
         cost = rates[set_name] = {"examples_per_s": {}, "overhead_s": 0.0}
-        for batch in batch_sizes:
+        for i, batch in enumerate(batch_sizes):
+            steps = [max(1, n // batch) for n in examples]
             seconds = []
-            for n in steps:
+            # The first run of a set also pays one-off costs (the input cache, first traces):
+            # an untimed warm-up keeps them out of the difference.
+            for n in ((steps[0],) if i == 0 else ()) + tuple(steps):
                 keras.backend.clear_session()
                 with tempfile.TemporaryDirectory() as model_dir:
                     cfg = pretrain_config(study, Run(set_name, "sogclr", batch, 0), model_dir,
@@ -275,7 +278,12 @@ def probe(study, sets, batch_sizes, steps=(10, 40)):
                         start = time.perf_counter()
                         modalities.get("bimodal").evaluate(cfg, result.model)
                         cost["eval_s"] = time.perf_counter() - start
-            rate = (steps[1] - steps[0]) * batch / max(seconds[1] - seconds[0], 1e-3)
+            seconds = seconds[-2:]
+            if seconds[1] <= seconds[0]:
+                raise RuntimeError(f"probe: {set_name} batch {batch}: {steps[1]} steps took no "
+                                   f"longer than {steps[0]} ({seconds}); the machine is too "
+                                   "noisy to measure, rerun --probe")
+            rate = (steps[1] - steps[0]) * batch / (seconds[1] - seconds[0])
             cost["examples_per_s"][batch] = rate
             cost["overhead_s"] = max(cost["overhead_s"], seconds[0] - steps[0] * batch / rate)
             print(f"  probe: {set_name} batch {batch}: {rate:.0f} examples/s, fixed cost "
