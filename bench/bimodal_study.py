@@ -82,8 +82,16 @@ JSONL, TABLE, PLOT = "runs.jsonl", "results.md", "bimodal.png"
 BUDGET_S, MARGIN = 5400.0, 0.15
 
 # Costs for --plan without --probe: {set: {"examples_per_s": {batch: rate}, "overhead_s",
-# "eval_s"}}. None until measured: --plan then says to run --probe.
-BUILTIN_RATES = None
+# "eval_s"}}, from one `--plan --probe` at the defaults on 2026-12-06 (AMD EPYC, 2 cores,
+# load 1.6-2.1; single probes, noisy: batch 32 on mosaics 561, on templates 1050). At them
+# the 32 runs take ~39 min at 5 epochs and 11 epochs keep the 15% margin; measure again
+# (`--probe`) before choosing --epochs for a full run.
+BUILTIN_RATES = {
+    "templates": {"examples_per_s": {32: 1050.0, 64: 776.0, 128: 1074.0, 256: 1058.0},
+                  "overhead_s": 13.0, "eval_s": 4.0},
+    "mosaics": {"examples_per_s": {32: 561.0, 64: 1157.0, 128: 1086.0, 256: 1102.0},
+                "overhead_s": 14.0, "eval_s": 4.0},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,10 +488,8 @@ def main(argv=None):
                 offline.prepare(DATASET_OF_SET[set_name], study.data_dir)
             rates = probe(study, args.sets, batch_sizes)
             source = f"measured here just now, load average {os.getloadavg()[0]:.1f}"
-        elif BUILTIN_RATES is None:
-            sys.exit("--plan: no built-in costs yet; add --probe to measure them here")
         else:
-            rates, source = BUILTIN_RATES, "built in"
+            rates, source = BUILTIN_RATES, "built in, measured with --probe on 2026-12-06"
         print_plan(study, runs, rates, done, source)
         return 0
 

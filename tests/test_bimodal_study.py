@@ -144,3 +144,15 @@ def test_bad_arguments_fail_before_any_run_naming_the_flag(tmp_path):
     bad = study(f"--results_dir={results}", "--gamma=1.5", timeout=120)
     assert bad.returncode != 0 and "--gamma" in bad.stderr
     assert not results.exists()
+
+
+def test_plan_fits_the_budget_and_writes_nothing(module, tmp_path):
+    results = tmp_path / "results"
+    done = succeeded(study(f"--results_dir={results}", "--plan", timeout=120))
+    assert "Runs (32, 0 already done)" in done.stdout
+    for name in ("templates_sogclr_b32_s2", "mosaics_clip_b256_s1", "mosaics_sogclr_b128_s0"):
+        assert name in done.stdout
+    assert "mosaics_clip_b64_s1" not in done.stdout  # one seed away from 32 and 256
+    whole = float(done.stdout.split("whole study ")[1].split(" min")[0])
+    assert whole <= (1 - module.MARGIN) * module.BUDGET_S / 60 and module.BUDGET_S == 90 * 60
+    assert not results.exists()
