@@ -468,6 +468,8 @@ def main(argv=None):
     batch_sizes = args.batch_sizes or ([32] if args.quick else list(BATCH_SIZES))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     multi = args.multi_seed_batches or ([] if args.quick else list(MULTI_SEED_BATCHES))
+    if study.train_subset < 1:
+        sys.exit(f"--train_subset: an integer >= 1, got {study.train_subset}")
     if max(batch_sizes) > study.train_subset:
         sys.exit(f"--batch_sizes: {max(batch_sizes)} exceeds --train_subset="
                  f"{study.train_subset}")

@@ -690,6 +690,10 @@ def main(argv=None):
     batch_sizes = args.batch_sizes or ([32, 64] if args.quick else list(BATCH_SIZES))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     multi = args.multi_seed_batches or ([] if args.quick else list(MULTI_SEED_BATCHES))
+    if study.train_subset < 1 or study.pretrain_subset < 0:
+        sys.exit(f"--train_subset: an integer >= 1 and --pretrain_subset an integer >= 0 (0: "
+                 f"the --train_subset images), got {study.train_subset} and "
+                 f"{study.pretrain_subset}")
     if max(batch_sizes) > study.pretrain_images:
         sys.exit(f"--batch_sizes: {max(batch_sizes)} exceeds the {study.pretrain_images} "
                  "pretraining images (--pretrain_subset, or --train_subset when it is 0)")

@@ -141,6 +141,8 @@ def test_bad_arguments_fail_before_any_run_naming_the_flag(tmp_path):
     assert bad.returncode != 0 and "--sets: unknown or none ['captions']" in bad.stderr
     bad = study(f"--results_dir={results}", "--batch_sizes=32,20000", timeout=120)
     assert bad.returncode != 0 and "--batch_sizes: 20000 exceeds --train_subset" in bad.stderr
+    bad = study(f"--results_dir={results}", "--train_subset=-5", timeout=120)
+    assert bad.returncode != 0 and "--train_subset: an integer >= 1, got -5" in bad.stderr
     bad = study(f"--results_dir={results}", "--gamma=1.5", timeout=120)
     assert bad.returncode != 0 and "--gamma" in bad.stderr
     assert not results.exists()

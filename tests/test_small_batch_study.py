@@ -142,3 +142,12 @@ def test_pretrain_subset_changes_what_pretraining_sees_not_the_probe(module):
         run, base, module.builtin_rates())
     assert module.pretrain_config(base, run, "/tmp/unused").data.train_split == "train[:1000]"
     assert module.pretrain_config(wider, run, "/tmp/unused").data.train_split == "train[:6000]"
+
+
+def test_bad_subsets_fail_before_any_run_naming_the_flag(tmp_path):
+    results = tmp_path / "results"
+    for flag in ("--pretrain_subset=-5", "--train_subset=0"):
+        bad = study(f"--results_dir={results}", flag, timeout=120)
+        assert bad.returncode != 0 and "--train_subset: an integer >= 1 and --pretrain_subset " \
+            "an integer >= 0" in bad.stderr, flag
+    assert not results.exists()
