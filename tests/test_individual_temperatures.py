@@ -4,6 +4,7 @@ moving-average tables over several steps (new, repeated and mixed indices, a dup
 eagerly and under XLA; checkpoints; overflow at tau_min; through a model, one device and
 mirrored. (Mirrored against one device, for the losses alone: test_collective_free_backward.)"""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -236,7 +237,13 @@ def test_bad_loss_arguments_name_the_argument():
 
 def test_a_model_step_logs_the_temperatures_and_moves_their_table(mirrored_strategy):
     """Through the product's multi-step loop, one device and mirrored: the logs carry the
-    batch temperatures' statistics, and both runs leave the same tau table."""
+    batch temperatures' statistics, and both runs leave the same tau table.
+
+    Seeded: this ResNet with synchronised batch norm on 8 examples of 8x8 ends in 1x1 maps,
+    whose batch variances are tiny for some initial weights; there the summation order of
+    two replicas moves batch-norm weights by up to 0.03 in three steps and tau by 3e-4
+    (2 of 8 seeds measured), far beyond float32 rounding elsewhere."""
+    keras.utils.set_random_seed(0)
     arguments = dict(TABLE, temperature_range=(0.1, 0.7))
     batches = [tiny.view_batch(seed=s) for s in range(3)]
     single = tiny.sogclr_model(global_bn=True, individual_temperatures=arguments)
