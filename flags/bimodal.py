@@ -26,6 +26,18 @@ flags.DEFINE_integer("vocab_size", TextConfig.vocab_size,
 flags.DEFINE_integer("max_text_length", TextConfig.max_text_length,
                      "Bimodal captions are cut or padded to this many tokens.")
 flags.DEFINE_bool("learnable_temperature", TextConfig.learnable_temperature,
-                  "Bimodal: learn one global temperature in "
-                  f"{config.TEMPERATURE_RANGE}, starting at --temperature (SogCLR: iSogCLR's "
-                  "gradient with --temperature_rho).")
+                  "Bimodal: learn one global temperature in log space, starting at "
+                  "--temperature and clamped to [--temperature_min, --temperature_max] "
+                  f"(default {config.TEMPERATURE_RANGE}, CLIP's); SogCLR: by "
+                  "--temperature_objective with --temperature_rho.")
+flags.DEFINE_float("learnable_temperature_learning_rate",
+                   TextConfig.learnable_temperature_learning_rate,
+                   "Bimodal with --learnable_temperature: the peak learning rate of log tau "
+                   "(the model's warm-up and cosine, not scaled by batch size); unset: the "
+                   "model's learning rate, as FastCLIP's default.")
+flags.DEFINE_enum("temperature_objective", TextConfig.temperature_objective,
+                  config.TEMPERATURE_OBJECTIVES,
+                  "Bimodal SogCLR with --learnable_temperature: the objective tau follows, "
+                  "iSogCLR's tau (log g^I + rho) + tau (log g^T + rho) or FastCLIP-v3's "
+                  "tau ((log g^I + log g^T) / 2 + rho); FastCLIP-v3 as published also takes "
+                  "--gradient_scale=libauc.")

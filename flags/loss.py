@@ -30,9 +30,11 @@ flags.DEFINE_bool("individual_temperatures", DEFAULT_JOB.loss.individual_tempera
                   "training example (image-text: one per pair and direction), starting at "
                   "--temperature, kept in the checkpoint beside the u-table.")
 flags.DEFINE_float("temperature_min", DEFAULT_JOB.loss.temperature_min,
-                   "Individual temperatures: the clamp's lower end tau_min, in (0, 1).")
+                   "Learned temperatures (individual, or bimodal --learnable_temperature): "
+                   "the clamp's lower end tau_min, in (0, 1).")
 flags.DEFINE_float("temperature_max", DEFAULT_JOB.loss.temperature_max,
-                   "Individual temperatures: the clamp's upper end tau_max (> tau_min).")
+                   "Learned temperatures (individual, or bimodal --learnable_temperature): "
+                   "the clamp's upper end tau_max (> tau_min).")
 flags.DEFINE_float("temperature_learning_rate", DEFAULT_JOB.loss.temperature_learning_rate,
                    "Individual temperatures: eta, the step on each tau (LibAUC's 0.01).")
 flags.DEFINE_float("temperature_momentum", DEFAULT_JOB.loss.temperature_momentum,

@@ -87,9 +87,38 @@ def test_bad_bimodal_configs_name_the_flag():
         dataclasses.replace(cfg, text=config.TextConfig(text_encoder="rnn")).validate()
     with pytest.raises(ValueError, match="--text_width must be divisible by the 4"):
         dataclasses.replace(cfg, text=config.TextConfig(text_width=30)).validate()
-    with pytest.raises(ValueError, match=r"--temperature must be in \(0.005, 1.0\)"):
+    learnable = config.TextConfig(learnable_temperature=True)
+    with pytest.raises(ValueError, match=r"--temperature must be in \(--temperature_min, "
+                                         r"--temperature_max\) = \(0.01, 1.0\)"):
         dataclasses.replace(cfg, loss=config.LossConfig(temperature=2.0),
-                            text=config.TextConfig(learnable_temperature=True)).validate()
+                            text=learnable).validate()
+    with pytest.raises(ValueError, match=r"--temperature must be in .* = \(0.05, 0.5\)"):
+        dataclasses.replace(cfg, loss=config.LossConfig(temperature=0.03, temperature_min=0.05,
+                                                        temperature_max=0.5),
+                            text=learnable).validate()
+    for bad in (0.0, -1e-3, float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="--learnable_temperature_learning_rate must be "
+                                             r"a number in \(0.0, inf\)"):
+            dataclasses.replace(cfg, text=dataclasses.replace(
+                learnable, learnable_temperature_learning_rate=bad)).validate()
+    with pytest.raises(ValueError, match="--temperature_objective must be one of isogclr, "
+                                         "fastclip_v3, got 'fastclip'"):
+        dataclasses.replace(cfg, text=dataclasses.replace(
+            learnable, temperature_objective="fastclip")).validate()
+    # The temperature's own settings without --learnable_temperature would do nothing.
+    for field, value in (("learnable_temperature_learning_rate", 1e-4),
+                         ("temperature_objective", "fastclip_v3")):
+        with pytest.raises(ValueError, match=f"--{field} must be left at .* without "
+                                             "--learnable_temperature"):
+            dataclasses.replace(cfg, text=config.TextConfig(**{field: value})).validate()
+    with pytest.raises(ValueError, match="--temperature_objective must be isogclr with "
+                                         "--loss=simclr"):
+        dataclasses.replace(cfg, loss=config.LossConfig(loss="simclr", temperature=0.03),
+                            text=dataclasses.replace(
+                                learnable, temperature_objective="fastclip_v3")).validate()
+    dataclasses.replace(cfg, text=dataclasses.replace(
+        learnable, learnable_temperature_learning_rate=1e-4,
+        temperature_objective="fastclip_v3")).validate()
 
 
 def test_run_py_gives_unset_flags_the_modality_defaults():

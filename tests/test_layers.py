@@ -45,6 +45,9 @@ CASES = {
     "ClipContrastiveLoss": (lambda: losses.ClipContrastiveLoss(temperature=0.05),
                             lambda layer: _loss(layer, index=False)),
     "UTable": (lambda: UTable(9), lambda layer: layer.read(INDEX)),
+    "LearnableTemperature": (
+        lambda: losses.LearnableTemperature(0.07, (0.02, 0.5), objective="fastclip_v3", rho=1.5),
+        lambda layer: layer(PAIR[0])),
     "TemperatureTable": (
         lambda: losses.TemperatureTable(9, initial_temperature=0.2, temperature_range=(0.1, 0.5)),
         lambda layer: layer.read(INDEX)),

@@ -1,6 +1,7 @@
 """Tests for tf_sogclr.training.optim: LARS, the warm-up + cosine schedule, scaling, weight decay."""
 
 import contextlib
+import dataclasses
 import math
 
 import keras
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_sogclr import config
 from tf_sogclr.training import optim
 
 LR = 0.5
@@ -455,3 +457,49 @@ def test_l2_weight_decay_loss_excludes_batch_norm_and_weight_decay_loss_policy()
     for name in ("lars", "adamw"):
         term = float(optim.weight_decay_loss(name, variables, 1e-2))
         assert term == pytest.approx(1e-2 * half_sq["model/head_supervised/kernel"])
+
+
+@pytest.mark.parametrize("name", config.OPTIMIZERS)
+def test_learning_rate_multipliers_scale_only_the_matching_variables(name):
+    """A variable matching a multiplier's regex follows the run at factor x the learning rate
+    (momentum, trust ratio, Adam moments included); every other variable the plain run."""
+    factor = 0.25
+
+    def run(learning_rate, multipliers=None):
+        variables = _make_variables()
+        optimizer = optim.build_optimizer(
+            name, learning_rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+            exclude_from_weight_decay=WD_EXCLUDES, learning_rate_multipliers=multipliers)
+        for step_grads in _make_gradients():
+            optimizer.apply_gradients(zip([tf.constant(g) for g in step_grads], variables))
+        return optimizer, {v.path: v.numpy() for v in variables}
+
+    optimizer, multiplied = run(LR, {"no_decay": factor})
+    _, plain = run(LR)
+    _, slow = run(LR * factor)
+    for path, value in multiplied.items():
+        want = slow[path] if "no_decay" in path else plain[path]
+        np.testing.assert_allclose(value, want, rtol=1e-6, atol=1e-6, err_msg=path)
+    assert np.abs(plain["encoder/no_decay/kernel"] - slow["encoder/no_decay/kernel"]).max() > 0.01
+    again = type(optimizer).from_config(optimizer.get_config())
+    assert again.learning_rate_multipliers == {"no_decay": factor}
+
+
+def test_learning_rate_multipliers_reject_bad_values():
+    for bad in ({"temperature": 0.0}, {"temperature": -1.0}, {3: 1.0}, {"t": "1"},
+                [("temperature", 1.0)]):
+        with pytest.raises(ValueError, match="`learning_rate_multipliers` must be a dict "
+                                             r"\{regex string: factor > 0\}"):
+            optim.build_optimizer("adamw", LR, learning_rate_multipliers=bad)
+
+
+def test_scheduled_optimizer_gives_peak_learning_rates_the_schedules_shape():
+    cfg = config.OptimizerConfig(optimizer="adamw", learning_rate=0.01,
+                                 learning_rate_scaling="sqrt", warmup_epochs=1.0)
+    optimizer = optim.build_scheduled_optimizer(cfg, 64, steps_per_epoch=10, total_steps=50,
+                                                peak_learning_rates={"temperature": 0.02})
+    # Peak 0.01 * sqrt(64) = 0.08; the temperature's own peak 0.02 is a quarter of it.
+    assert optimizer.learning_rate_multipliers == {"temperature": pytest.approx(0.25)}
+    with pytest.raises(ValueError, match="peak_learning_rates need a learning rate > 0"):
+        optim.build_scheduled_optimizer(dataclasses.replace(cfg, learning_rate=0.0), 64, 10,
+                                        50, peak_learning_rates={"temperature": 0.02})

@@ -197,13 +197,14 @@ def test_run_py_bimodal_trains_evaluates_and_exports(small_fashion_mnist, tmp_pa
          "--checkpoint_steps=2", "--train_batch_size=16", "--eval_batch_size=64",
          "--width_multiplier=0.0625", "--proj_out_dim=8", "--text_encoder=mlp",
          "--text_width=16", "--vocab_size=64", "--max_text_length=8",
-         "--learnable_temperature"],
+         "--learnable_temperature", "--learnable_temperature_learning_rate=0.001",
+         "--temperature_objective=fastclip_v3", "--temperature_min=0.02"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = summary_of(done.stdout)
     assert summary["step"] == 3 and summary["checkpoint"].endswith("ckpt-3")
     assert summary["train"]["bad_steps"] == 0
-    assert 0.005 < summary["train"]["temperature"] < 1.0
+    assert 0.02 <= summary["train"]["temperature"] <= 1.0
     scores = summary["eval"]
     assert 0.0 <= scores["zero_shot_top1"] <= 1.0
     for direction in ("image_to_text", "text_to_image"):

@@ -78,7 +78,8 @@ def tokenizer():
 
 def dual_encoder(loss="sogclr", learnable=False, global_bn=False, kind="transformer",
                  optimizer="lars", learning_rate=0.05, temperature=0.1, seed=0,
-                 vocabulary=None):
+                 vocabulary=None, temperature_objective="isogclr",
+                 learning_rate_multipliers=None):
     """A built, compiled dual encoder: two convolutions with batch norm on 8x8x1 images, an
     8-wide one-block text encoder (run.py's tests cover the ResNets)."""
     keras.utils.set_random_seed(seed)
@@ -101,10 +102,11 @@ def dual_encoder(loss="sogclr", learnable=False, global_bn=False, kind="transfor
         tokenizer=tokenizer() if vocabulary is None else text_lib.TextTokenizer(
             VOCAB, LENGTH, vocabulary=vocabulary, name="tokenizer"),
         learnable_temperature=learnable, temperature_rho=1.0,
-        weight_decay=1e-4)
+        temperature_objective=temperature_objective, weight_decay=1e-4)
     model.compile(optimizer=optim.build_optimizer(
         optimizer, learning_rate, weight_decay=1e-4,
-        exclude_from_weight_decay=optim.DEFAULT_EXCLUDES + model_lib.NO_DECAY_PATTERNS))
+        exclude_from_weight_decay=optim.DEFAULT_EXCLUDES + model_lib.NO_DECAY_PATTERNS,
+        learning_rate_multipliers=learning_rate_multipliers))
     model.build((None, *IMAGE_SHAPE))
     model.optimizer.build(model.trainable_variables)
     return model

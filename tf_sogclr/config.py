@@ -36,7 +36,12 @@ MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
 NONFINITE_POLICIES = ("stop", "skip")
 MODALITIES = ("unimodal", "bimodal")
 BIMODAL_TEMPERATURE = 0.03  # --temperature's default with --modality=bimodal (CLIP's start)
-TEMPERATURE_RANGE = (0.005, 1.0)  # Bounds of a learnable tau (CLIP clamps 1 / tau at 100).
+# Bounds of a learnable global tau: CLIP and FastCLIP clamp their logit scale 1 / tau to
+# [1, 100]. The tau is learnt in log space (losses.learnable_temperature).
+TEMPERATURE_RANGE = (0.01, 1.0)
+# How SogCLR's learnable global tau gets its gradient: iSogCLR's objective (the two
+# directions summed) or FastCLIP-v3's (averaged); docs/algorithm.md, "Image-text".
+TEMPERATURE_OBJECTIVES = ("isogclr", "fastclip_v3")
 # iSogCLR's rho (the KL divergence from uniform of the negatives' weights that a learned tau
 # settles at) when --temperature_rho is unset: LibAUC's unimodal default, and for image-text
 # the learnable global tau's default since it was added (LibAUC's bimodal default is 6.0).
@@ -120,8 +125,9 @@ class LossConfig:
     gradient_scale: str = "infonce"
     # iSogCLR: one learned tau per example (losses.TemperatureTable), starting at temperature.
     individual_temperatures: bool = False
-    temperature_min: float = 0.01
-    temperature_max: float = 1.0
+    # The range of every learned tau: the individual ones and the bimodal learnable one.
+    temperature_min: float = TEMPERATURE_RANGE[0]
+    temperature_max: float = TEMPERATURE_RANGE[1]
     temperature_learning_rate: float = 0.01
     temperature_momentum: float = 0.1
     temperature_gradient_clip: float = 5.0
@@ -285,6 +291,10 @@ class TextConfig:
     text_layers: int = 2
     text_heads: int = 4
     learnable_temperature: bool = False
+    # Peak learning rate of the learnable tau's log (same warm-up and cosine as the model's,
+    # not scaled by batch size); None: the model's learning rate (FastCLIP's default).
+    learnable_temperature_learning_rate: float | None = None
+    temperature_objective: str = TEMPERATURE_OBJECTIVES[0]
 
     def validate(self):
         checks.choice("--text_encoder", self.text_encoder, TEXT_ENCODERS)
@@ -300,6 +310,12 @@ class TextConfig:
             checks.fail("--text_width", f"divisible by the {self.text_heads} attention heads",
                         self.text_width)
         checks.boolean("--learnable_temperature", self.learnable_temperature)
+        if self.learnable_temperature_learning_rate is not None:
+            checks.in_range("--learnable_temperature_learning_rate",
+                            self.learnable_temperature_learning_rate, 0.0, float("inf"),
+                            low_open=True, high_open=True)
+        checks.choice("--temperature_objective", self.temperature_objective,
+                      TEMPERATURE_OBJECTIVES)
         return self
 
 
@@ -322,13 +338,26 @@ class BimodalConfig:
     def validate(self):
         PretrainConfig(self.data, self.model, self.loss, self.optimizer, self.run).validate()
         self.text.validate()
-        low, high = TEMPERATURE_RANGE
+        low, high = self.loss.temperature_min, self.loss.temperature_max
         if self.text.learnable_temperature and not low < self.loss.temperature < high:
-            checks.fail("--temperature", f"in ({low}, {high}) with --learnable_temperature "
-                        "(its initial value)", self.loss.temperature)
+            checks.fail("--temperature", f"in (--temperature_min, --temperature_max) = "
+                        f"({low}, {high}) with --learnable_temperature (its initial value)",
+                        self.loss.temperature)
         if self.text.learnable_temperature and self.loss.individual_temperatures:
             checks.fail("--learnable_temperature", "false with --individual_temperatures "
                         "(one global tau or one per pair, not both)", True)
+        if not self.text.learnable_temperature:
+            for name, default in (("learnable_temperature_learning_rate", None),
+                                  ("temperature_objective", TEMPERATURE_OBJECTIVES[0])):
+                if getattr(self.text, name) != default:
+                    checks.fail(f"--{name}", f"left at {default} without "
+                                "--learnable_temperature (it sets how tau is learnt)",
+                                getattr(self.text, name))
+        if (self.text.temperature_objective != TEMPERATURE_OBJECTIVES[0]
+                and self.loss.loss != "sogclr"):
+            checks.fail("--temperature_objective", f"{TEMPERATURE_OBJECTIVES[0]} with "
+                        "--loss=simclr (CLIP's tau learns through its logits)",
+                        self.text.temperature_objective)
         return self
 
 

@@ -9,12 +9,12 @@
 """
 
 from tf_sogclr.models.contrastive_model import ContrastiveModel, StepTerms
-from tf_sogclr.models.dual_encoder import NO_DECAY_PATTERNS, TEMPERATURE_RANGE, DualEncoderModel
+from tf_sogclr.models.dual_encoder import NO_DECAY_PATTERNS, TEMPERATURE_PATTERN, DualEncoderModel
 from tf_sogclr.models.heads import PROJECTION_HEAD_MODES, ProjectionHead
 from tf_sogclr.models.sogclr_model import LINEAR_HEAD_NAME, NONFINITE_TERMS, SogCLRModel
 
 __all__ = [
-    "ContrastiveModel", "StepTerms", "NO_DECAY_PATTERNS", "TEMPERATURE_RANGE",
+    "ContrastiveModel", "StepTerms", "NO_DECAY_PATTERNS", "TEMPERATURE_PATTERN",
     "DualEncoderModel", "PROJECTION_HEAD_MODES", "ProjectionHead", "LINEAR_HEAD_NAME",
     "NONFINITE_TERMS", "SogCLRModel",
 ]

@@ -6,39 +6,29 @@ text encoder (`models.text`), each followed by a projection head. The loss layer
 for the pair indices) or, as the control, CLIP's InfoNCE (`losses.ClipContrastiveLoss`).
 
 Temperature: fixed by default (the loss layer's, e.g. 0.03; the u-tables hold log u, so
-CLIP's 0.01-0.07 is safe in float32). With `learnable_temperature`, one global tau in
-[0.005, 1] is learnt through `tau = exp(lo + (hi - lo) * sigmoid(v))`:
+CLIP's 0.01-0.07 is safe in float32). With `learnable_temperature`, one global tau is learnt
+in log space and clamped to its range (`losses.LearnableTemperature`; docs/algorithm.md,
+"Image-text"):
 
 * CLIP loss: tau's gradient flows through the logits s / tau, as in CLIP.
-* SogCLR: the surrogate's weights are stop-gradient, so it gives tau no gradient. We follow
-  iSogCLR (docs/algorithm.md, "Image-text") with one global tau: the objective
-  `F(tau) = mean_i [tau (log g^I_i(tau) + rho) + tau (log g^T_i(tau) + rho) - 2 e_i . t_i]`
-  has `dF/dtau = mean_i [log g^I_i + log g^T_i + 2 rho - sum_j (p^I_ij s^I_ij +
-  p^T_ij s^T_ij) / (tau (B - 1))]`, estimated with the u-tables in place of g (the loss's
-  `temperature_gradient` metric plus 2 rho), and applied by adding
-  `tau * stop_gradient(estimate)` to the loss. Per direction the estimate is rho minus the
-  KL divergence of the weights p from uniform, so tau settles where that KL equals rho
-  (rho < log(B - 1)); with rho = 0 tau would only grow (tau log g falls as tau rises).
+* SogCLR: the surrogate's weights are stop-gradient, so it gives tau no gradient; tau
+  follows the estimate of d objective / d tau (the loss's `temperature_gradient` metric)
+  under iSogCLR's or FastCLIP-v3's objective, added to the loss as
+  `LearnableTemperature.objective_term`.
 """
-
-import math
 
 import keras
 import tensorflow as tf
 
 from tf_sogclr.config import TEMPERATURE_RANGE
+from tf_sogclr.losses.learnable_temperature import LearnableTemperature
 from tf_sogclr.models import contrastive_model
 from tf_sogclr.training import optim
 
-
-
-NO_DECAY_PATTERNS = ("batch_norm", "layer_norm", "bias", "temperature")
-
-
-def _temperature_logit(temperature):
-    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
-    fraction = (math.log(temperature) - low) / (high - low)
-    return math.log(fraction / (1.0 - fraction))
+# Paths the optimiser neither decays nor adapts (LARS); the temperature's path also takes
+# its own learning rate (`TEMPERATURE_PATTERN` in `optim.build_optimizer`'s multipliers).
+TEMPERATURE_PATTERN = "temperature"
+NO_DECAY_PATTERNS = ("batch_norm", "layer_norm", "bias", TEMPERATURE_PATTERN)
 
 
 class DualEncoderModel(contrastive_model.ContrastiveModel):
@@ -54,7 +44,8 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
       loss_layer: `BimodalGlobalContrastiveLoss` or `ClipContrastiveLoss`.
       tokenizer: `text.TextTokenizer`, strings -> token ids (kept in checkpoints, exports).
       learnable_temperature: learn one global tau (module docstring), starting at the loss
-        layer's temperature; `temperature_rho` is iSogCLR's rho (SogCLR loss only).
+        layer's temperature, within `temperature_range`; `temperature_rho` is the rho and
+        `temperature_objective` ("isogclr" or "fastclip_v3") the objective of SogCLR's tau.
       weight_decay: L2 decay through the loss for momentum/Adam (LARS and AdamW decay
         internally); batch norm, layer norm, biases and the temperature are not decayed.
     """
@@ -64,27 +55,20 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
 
     def __init__(self, image_encoder, text_encoder, image_head, text_head, loss_layer,
                  tokenizer=None, learnable_temperature=False, temperature_rho=2.0,
+                 temperature_range=TEMPERATURE_RANGE, temperature_objective="isogclr",
                  weight_decay=0.0, **kwargs):
-        if not 0 <= temperature_rho < float("inf"):
-            raise ValueError(f"temperature_rho must be >= 0, got {temperature_rho!r}.")
         super().__init__(loss_layer, weight_decay=weight_decay, **kwargs)
         self.learnable_temperature = bool(learnable_temperature)
-        self.temperature_rho = float(temperature_rho)
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.image_head = image_head
         self.text_head = text_head
         self.tokenizer = tokenizer
-        self.temperature_logit = None
+        self.learned_temperature = None
         if self.learnable_temperature:
-            low, high = TEMPERATURE_RANGE
-            if not low < loss_layer.temperature < high:
-                raise ValueError(f"a learnable temperature must start in ({low}, {high}), "
-                                 f"got {loss_layer.temperature}.")
-            self.temperature_logit = self.add_weight(
-                shape=(), initializer=keras.initializers.Constant(
-                    _temperature_logit(loss_layer.temperature)),
-                trainable=True, autocast=False, name="temperature_logit")
+            self.learned_temperature = LearnableTemperature(
+                loss_layer.temperature, temperature_range, objective=temperature_objective,
+                rho=temperature_rho, name=TEMPERATURE_PATTERN)
         self._eval_trackers = {name: keras.metrics.Mean(name=name) for name in (
             "eval_infonce_loss", "eval_image_to_text_top1", "eval_text_to_image_top1")}
 
@@ -103,11 +87,9 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
 
     def temperature(self):
         """The current tau: a float32 scalar tensor."""
-        if self.temperature_logit is None:
+        if self.learned_temperature is None:
             return tf.constant(self.loss_layer.temperature, tf.float32)
-        low, high = (math.log(t) for t in TEMPERATURE_RANGE)
-        logit = tf.convert_to_tensor(self.temperature_logit)
-        return tf.exp(low + (high - low) * tf.sigmoid(logit))
+        return self.learned_temperature.value()
 
     def image_projection(self, images, training=False):
         """Images `[b, H, W, C]` -> projections `[b, d]` (not normalised)."""
@@ -169,9 +151,8 @@ class DualEncoderModel(contrastive_model.ContrastiveModel):
                                              return_metrics=True, temperature=tau)
         temperature_term = tf.constant(0.0)
         if "temperature_gradient" in stats and self.learnable_temperature:
-            # d total / d tau = the estimate of dF/dtau (module docstring).
-            estimate = stats["temperature_gradient"] + 2.0 * self.temperature_rho
-            temperature_term = tau * tf.stop_gradient(estimate)
+            temperature_term = self.learned_temperature.objective_term(
+                tau, stats["temperature_gradient"])
         return contrastive_model.StepTerms(
             loss_inputs=[image, text], contrastive=contrastive, stats=stats,
             extra={"temperature_term": temperature_term})

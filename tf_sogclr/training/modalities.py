@@ -49,12 +49,14 @@ def _projection_head(cfg, num_replicas, name):
         name=name)
 
 
-def _compile_and_build(model, cfg, info, exclude_from_weight_decay=optim.DEFAULT_EXCLUDES):
+def _compile_and_build(model, cfg, info, exclude_from_weight_decay=optim.DEFAULT_EXCLUDES,
+                       peak_learning_rates=None):
     """Compiles `model` with the run's optimiser and builds it and its optimiser slots."""
     schedule = loop.make_schedule(cfg, info)
     model.compile(optimizer=optim.build_scheduled_optimizer(
         cfg.optimizer, cfg.run.train_batch_size, schedule.steps_per_epoch,
-        schedule.total_steps, exclude_from_weight_decay=exclude_from_weight_decay))
+        schedule.total_steps, exclude_from_weight_decay=exclude_from_weight_decay,
+        peak_learning_rates=peak_learning_rates))
     model.build((None, cfg.data.image_size, cfg.data.image_size, info.channels))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -247,10 +249,15 @@ def build_dual_encoder(cfg, info, tokenizer, num_replicas=1):
         _projection_head(cfg, num_replicas, "image_projection_head"),
         _projection_head(cfg, num_replicas, "text_projection_head"), loss_layer,
         tokenizer=tokenizer, learnable_temperature=t.learnable_temperature,
-        temperature_rho=lc.rho_for("bimodal"), weight_decay=cfg.optimizer.weight_decay,
-        name="dual_encoder")
+        temperature_rho=lc.rho_for("bimodal"),
+        temperature_range=(lc.temperature_min, lc.temperature_max),
+        temperature_objective=t.temperature_objective,
+        weight_decay=cfg.optimizer.weight_decay, name="dual_encoder")
+    own_rate = t.learnable_temperature_learning_rate
     return _compile_and_build(
-        model, cfg, info, optim.DEFAULT_EXCLUDES + dual_encoder.NO_DECAY_PATTERNS)
+        model, cfg, info, optim.DEFAULT_EXCLUDES + dual_encoder.NO_DECAY_PATTERNS,
+        peak_learning_rates=(None if own_rate is None
+                             else {dual_encoder.TEMPERATURE_PATTERN: own_rate}))
 
 
 def vocabulary_from_checkpoint(path):

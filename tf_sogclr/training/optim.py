@@ -1,7 +1,12 @@
 """Optimisation: LARS, AdamW, warm-up + cosine schedule, learning-rate scaling, weight decay.
 
 Follows SimCLR TF2 (`lars_optimizer.py` and the optimiser parts of `model.py`), with explicit
-arguments instead of flags.
+arguments instead of flags. Every optimiser built here also takes per-variable learning-rate
+multipliers (`learning_rate_multipliers`, {regex searched in the variable's path: factor}),
+PyTorch's parameter groups in Keras form: FastCLIP gives the learnable temperature its own
+learning rate this way. Keras optimisers have one learning rate for all variables, hence the
+small mixin below rather than a second optimiser (which the step guard, loss scaling and
+checkpoints would each have to know about).
 """
 
 import math
@@ -57,6 +62,46 @@ def _check_non_negative(value, arg_name):
         raise ValueError(f"`{arg_name}` must be a float >= 0; got {value!r}.")
 
 
+def _check_multipliers(multipliers):
+    """{regex: factor > 0} (None: {}), as a plain dict in a fixed order."""
+    if multipliers is None:
+        return {}
+    if not isinstance(multipliers, dict) or not all(
+            isinstance(p, str) and _is_number(f) and f > 0 for p, f in multipliers.items()):
+        raise ValueError("`learning_rate_multipliers` must be a dict {regex string: factor > 0} "
+                         f"(e.g. {{'temperature': 0.25}}); got {multipliers!r}.")
+    return {p: float(f) for p, f in multipliers.items()}
+
+
+class PerVariableLearningRate:
+    """Mixin for a Keras optimiser: `update_step` multiplies the learning rate of each variable
+    whose path matches a `learning_rate_multipliers` regex by its factor (the first match; 1
+    when none). Resolved once in `build` from the Keras paths: inside `update_step` (tf
+    backend) the variable is a bare, possibly per-replica tf.Variable without a path."""
+
+    def _set_learning_rate_multipliers(self, multipliers):
+        self.learning_rate_multipliers = _check_multipliers(multipliers)
+
+    def _resolve_learning_rate_multipliers(self, variables):
+        self._learning_rate_factors = tuple(
+            next((f for p, f in self.learning_rate_multipliers.items()
+                  if re.search(p, _variable_path(v)) is not None), 1.0)
+            for v in variables)
+
+    def variable_learning_rate(self, variable, learning_rate):
+        """`learning_rate` times `variable`'s factor."""
+        factor = self._learning_rate_factors[self._get_variable_index(variable)]
+        return learning_rate if factor == 1.0 else learning_rate * factor
+
+    def update_step(self, gradient, variable, learning_rate):
+        return super().update_step(gradient, variable,
+                                   self.variable_learning_rate(variable, learning_rate))
+
+    def get_config(self):
+        return {**super().get_config(),
+                "learning_rate_multipliers": dict(self.learning_rate_multipliers)}
+
+
 def _check_hyperparameters(learning_rate, momentum, weight_decay):
     if _is_number(learning_rate) and learning_rate >= 0:
         pass
@@ -75,7 +120,7 @@ def _as_float_if_number(learning_rate):
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
-class LARS(keras.optimizers.Optimizer):
+class LARS(PerVariableLearningRate, keras.optimizers.Optimizer):
     """LARS with classic momentum and coupled weight decay, as SimCLR's LARSOptimizer.
 
     Exclusions are regexes searched in each variable's `path`; `exclude_from_layer_adaptation`
@@ -91,6 +136,7 @@ class LARS(keras.optimizers.Optimizer):
         nesterov=False,
         exclude_from_weight_decay=DEFAULT_EXCLUDES,
         exclude_from_layer_adaptation=None,
+        learning_rate_multipliers=None,
         name=None,
         **kwargs,
     ):
@@ -120,6 +166,7 @@ class LARS(keras.optimizers.Optimizer):
         self.nesterov = bool(nesterov)
         self.weight_decay_excludes = tuple(wd_excludes)
         self.layer_adaptation_excludes = tuple(adaptation_excludes)
+        self._set_learning_rate_multipliers(learning_rate_multipliers)
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Not supported: pass `exclude_from_weight_decay=[...]` to the constructor."""
@@ -147,9 +194,11 @@ class LARS(keras.optimizers.Optimizer):
             not _matches_any(_variable_path(v), self.layer_adaptation_excludes)
             for v in variables
         )
+        self._resolve_learning_rate_multipliers(variables)
 
     def update_step(self, gradient, variable, learning_rate):
         """One LARS step for one variable (dense; sparse gradients are densified)."""
+        learning_rate = self.variable_learning_rate(variable, learning_rate)
         index = self._get_variable_index(variable)
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
@@ -202,7 +251,7 @@ class LARS(keras.optimizers.Optimizer):
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
-class AdamW(keras.optimizers.AdamW):
+class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
     """Keras's AdamW (decoupled weight decay: each step also subtracts lr * weight_decay *
     variable) with LARS's exclusions: regexes searched in each variable's `path`.
 
@@ -212,12 +261,14 @@ class AdamW(keras.optimizers.AdamW):
     """
 
     def __init__(self, learning_rate, weight_decay=0.0,
-                 exclude_from_weight_decay=DEFAULT_EXCLUDES, name="adamw", **kwargs):
+                 exclude_from_weight_decay=DEFAULT_EXCLUDES, learning_rate_multipliers=None,
+                 name="adamw", **kwargs):
         _check_hyperparameters(learning_rate, 0.0, weight_decay)
         super().__init__(learning_rate=_as_float_if_number(learning_rate),
                          weight_decay=float(weight_decay), name=name, **kwargs)
         self.weight_decay_excludes = tuple(
             _check_patterns(exclude_from_weight_decay, "exclude_from_weight_decay"))
+        self._set_learning_rate_multipliers(learning_rate_multipliers)
 
     def build(self, variables):
         if self.built:
@@ -225,11 +276,44 @@ class AdamW(keras.optimizers.AdamW):
         super().exclude_from_weight_decay(var_list=[
             v for v in variables if _matches_any(_variable_path(v), self.weight_decay_excludes)])
         super().build(variables)
+        self._resolve_learning_rate_multipliers(variables)
 
     def get_config(self):
         config = super().get_config()
         config["exclude_from_weight_decay"] = list(self.weight_decay_excludes)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tf_sogclr")
+class SGD(PerVariableLearningRate, keras.optimizers.SGD):
+    """Keras's SGD (with momentum) taking `learning_rate_multipliers`."""
+
+    def __init__(self, learning_rate, momentum=0.0, nesterov=False,
+                 learning_rate_multipliers=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                         **kwargs)
+        self._set_learning_rate_multipliers(learning_rate_multipliers)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._resolve_learning_rate_multipliers(variables)
+
+
+@keras.saving.register_keras_serializable(package="tf_sogclr")
+class Adam(PerVariableLearningRate, keras.optimizers.Adam):
+    """Keras's Adam taking `learning_rate_multipliers`."""
+
+    def __init__(self, learning_rate, learning_rate_multipliers=None, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self._set_learning_rate_multipliers(learning_rate_multipliers)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._resolve_learning_rate_multipliers(variables)
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
@@ -328,6 +412,7 @@ def build_optimizer(
     exclude_from_weight_decay=DEFAULT_EXCLUDES,
     nesterov=False,
     trust_coefficient=0.001,
+    learning_rate_multipliers=None,
 ):
     """Builds the optimiser named `name` ("lars", "momentum", "adam" or "adamw"), as SimCLR
     does ("adamw": FastCLIP's).
@@ -335,10 +420,13 @@ def build_optimizer(
     "lars" and "adamw" apply `weight_decay` themselves, to every variable whose path matches
     no `exclude_from_weight_decay` regex; only "lars" uses `trust_coefficient`. For the others
     add `weight_decay_loss(...)` to the loss. "adam" and "adamw" ignore `momentum`.
+    `learning_rate_multipliers` {regex: factor}: the variables whose path matches take
+    `factor` times the learning rate (module docstring).
     """
     _check_optimizer_name(name)
     _check_hyperparameters(learning_rate, momentum, weight_decay)
     learning_rate = _as_float_if_number(learning_rate)
+    multipliers = _check_multipliers(learning_rate_multipliers)
     if name == "lars":
         return LARS(
             learning_rate,
@@ -347,32 +435,43 @@ def build_optimizer(
             trust_coefficient=trust_coefficient,
             nesterov=nesterov,
             exclude_from_weight_decay=exclude_from_weight_decay,
+            learning_rate_multipliers=multipliers,
         )
     if name == "momentum":
-        return keras.optimizers.SGD(learning_rate, momentum=float(momentum), nesterov=nesterov)
+        return SGD(learning_rate, momentum=float(momentum), nesterov=nesterov,
+                   learning_rate_multipliers=multipliers)
     if name == "adamw":
         return AdamW(learning_rate, weight_decay=weight_decay,
-                     exclude_from_weight_decay=exclude_from_weight_decay)
-    return keras.optimizers.Adam(learning_rate)
+                     exclude_from_weight_decay=exclude_from_weight_decay,
+                     learning_rate_multipliers=multipliers)
+    return Adam(learning_rate, learning_rate_multipliers=multipliers)
 
 
 def build_scheduled_optimizer(optimizer_cfg, global_batch_size, steps_per_epoch, total_steps,
-                              exclude_from_weight_decay=DEFAULT_EXCLUDES):
+                              exclude_from_weight_decay=DEFAULT_EXCLUDES,
+                              peak_learning_rates=None):
     """The optimiser of a run: `optimizer_cfg`'s optimiser on SimCLR's schedule.
 
     `optimizer_cfg` is a `config.OptimizerConfig`: its learning rate, scaled by
     `learning_rate_scaling` for `global_batch_size`, warms up linearly over
     `warmup_epochs * steps_per_epoch` steps and then follows a cosine to 0 at `total_steps`.
-    Pretraining, the dual encoder and fine-tuning all build their optimiser here.
+    `peak_learning_rates` {regex: peak}: the variables whose path matches follow the same
+    schedule to their own peak (not scaled by batch size). Pretraining, the dual encoder and
+    fine-tuning all build their optimiser here.
     """
     warmup = int(round(optimizer_cfg.warmup_epochs * steps_per_epoch))
-    schedule = WarmupCosineDecay(
-        scaled_learning_rate(optimizer_cfg.learning_rate, global_batch_size,
-                             optimizer_cfg.learning_rate_scaling),
-        warmup_steps=warmup, total_steps=max(total_steps, warmup + 1))
+    peak = scaled_learning_rate(optimizer_cfg.learning_rate, global_batch_size,
+                                optimizer_cfg.learning_rate_scaling)
+    schedule = WarmupCosineDecay(peak, warmup_steps=warmup,
+                                 total_steps=max(total_steps, warmup + 1))
+    if peak_learning_rates and not peak > 0:
+        raise ValueError("peak_learning_rates need a learning rate > 0 to follow; got "
+                         f"{optimizer_cfg.learning_rate!r}.")
+    multipliers = {p: own / peak for p, own in (peak_learning_rates or {}).items()}
     return build_optimizer(optimizer_cfg.optimizer, schedule, momentum=optimizer_cfg.momentum,
                            weight_decay=optimizer_cfg.weight_decay,
-                           exclude_from_weight_decay=exclude_from_weight_decay)
+                           exclude_from_weight_decay=exclude_from_weight_decay,
+                           learning_rate_multipliers=multipliers)
 
 
 def l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,)):
