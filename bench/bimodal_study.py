@@ -22,7 +22,9 @@ with everything else equal, on the two offline image-text sets:
 The recipe, the same for both losses except SogCLR's own gamma (FastCLIP's choices): AdamW
 with decoupled weight decay and none on biases, norms and the temperature; lr warmed up for
 `warmup_epochs` then cosine-decayed, scaled by sqrt(B); a learnable global temperature
-(`--learnable_temperature`, initial `temperature`); the "infonce" gradient scale, so both
+(`--learnable_temperature`, initial `temperature`, log space clamped to [0.01, 1], its own
+peak learning rate `temperature_learning_rate` (0: the model's), SogCLR's by
+`temperature_objective`); the "infonce" gradient scale, so both
 losses take the same step at one learning rate; SogCLR's gamma on a cosine from 1 down to
 `gamma` over `gamma_decay_epochs` (0: half the epochs).
 
@@ -108,6 +110,8 @@ class Study:
     epochs: int = 5
     temperature: float = 0.03  # initial value of the learnable temperature
     learnable_temperature: int = 1
+    temperature_learning_rate: float = 0.0  # log tau's own peak; 0: the model's
+    temperature_objective: str = "isogclr"  # SogCLR's tau: isogclr or fastclip_v3
     gradient_scale: str = "infonce"
     gamma: float = 0.2  # the end of SogCLR's cosine gamma schedule (gamma_min)
     gamma_schedule: str = "cosine"
@@ -135,14 +139,15 @@ class Study:
     def relevant(self, set_name, method):
         """The settings that can change a run's result (hashed into config_id)."""
         keys = ["train_subset", "test_subset", f"{set_name}_image_size", "width_multiplier",
-                "epochs", "temperature", "learnable_temperature", "gradient_scale",
-                "optimizer", "learning_rate", "learning_rate_scaling", "weight_decay",
-                "warmup_epochs"]
+                "epochs", "temperature", "learnable_temperature", "temperature_learning_rate",
+                "gradient_scale", "optimizer", "learning_rate", "learning_rate_scaling",
+                "weight_decay", "warmup_epochs"]
         if set_name == "mosaics":
             keys.append("mosaics_crop_area_min")
         out = {k: getattr(self, k) for k in keys}
         if method == "sogclr":
-            out.update(gamma=self.gamma, gamma_schedule=self.gamma_schedule)
+            out.update(gamma=self.gamma, gamma_schedule=self.gamma_schedule,
+                       temperature_objective=self.temperature_objective)
             if self.gamma_schedule == "cosine":
                 out["gamma_decay_epochs"] = self.decay_epochs
         return out
@@ -199,7 +204,11 @@ def pretrain_config(study, run, model_dir, train_steps=0):
             train_steps=train_steps, eval_batch_size=study.eval_batch_size,
             lineareval_while_pretraining=False, checkpoint_epochs=0, keep_checkpoint_max=1,
             steps_per_execution=study.steps_per_execution, seed=run.seed),
-        text=config.TextConfig(learnable_temperature=bool(study.learnable_temperature)),
+        text=config.TextConfig(
+            learnable_temperature=bool(study.learnable_temperature),
+            learnable_temperature_learning_rate=study.temperature_learning_rate or None,
+            temperature_objective=(study.temperature_objective if run.method == "sogclr"
+                                   else "isogclr")),
     ).validate()
 
 
