@@ -112,6 +112,7 @@ class Study:
     learnable_temperature: int = 1
     temperature_learning_rate: float = 0.0  # log tau's own peak; 0: the model's
     temperature_objective: str = "isogclr"  # SogCLR's tau: isogclr or fastclip_v3
+    temperature_rho: float = 2.0  # SogCLR's tau settles where the weights' KL equals it
     gradient_scale: str = "infonce"
     gamma: float = 0.2  # the end of SogCLR's cosine gamma schedule (gamma_min)
     gamma_schedule: str = "cosine"
@@ -147,7 +148,8 @@ class Study:
         out = {k: getattr(self, k) for k in keys}
         if method == "sogclr":
             out.update(gamma=self.gamma, gamma_schedule=self.gamma_schedule,
-                       temperature_objective=self.temperature_objective)
+                       temperature_objective=self.temperature_objective,
+                       temperature_rho=self.temperature_rho)
             if self.gamma_schedule == "cosine":
                 out["gamma_decay_epochs"] = self.decay_epochs
         return out
@@ -194,7 +196,7 @@ def pretrain_config(study, run, model_dir, train_steps=0):
             loss=LOSS_OF_METHOD[run.method], temperature=study.temperature,
             gamma=study.gamma, gamma_schedule=study.gamma_schedule,
             gamma_decay_epochs=study.decay_epochs if study.gamma_schedule == "cosine" else None,
-            gradient_scale=study.gradient_scale),
+            gradient_scale=study.gradient_scale, temperature_rho=study.temperature_rho),
         optimizer=config.OptimizerConfig(
             optimizer=study.optimizer, learning_rate=study.learning_rate,
             learning_rate_scaling=study.learning_rate_scaling,
