@@ -25,8 +25,9 @@ with decoupled weight decay and none on biases, norms and the temperature; lr wa
 (`--learnable_temperature`, initial `temperature`, log space clamped to [0.01, 1], its own
 peak learning rate `temperature_learning_rate` (0: the model's), SogCLR's by
 `temperature_objective`); the "infonce" gradient scale, so both
-losses take the same step at one learning rate; SogCLR's gamma on a cosine from 1 down to
-`gamma` over `gamma_decay_epochs` (0: half the epochs).
+losses take the same step at one learning rate; SogCLR's gamma, 0.9 and constant by default
+(with `--gamma_schedule cosine`, FastCLIP's cosine from 1 down to `gamma` over
+`gamma_decay_epochs`, 0: half the epochs).
 
 What a run does: `tf_sogclr.training.lifecycle.pretrain` with a `config.BimodalConfig`, then
 the bimodal modality's evaluation (`training.modalities.Bimodal.evaluate`, as run.py's).
@@ -79,20 +80,19 @@ SECONDARY_METRICS = {"templates": ("image_to_text_recall@1", "text_to_image_reca
                      "mosaics": ("image_to_text_recall@1", "text_to_image_recall@1",
                                  "item_zero_shot_top1")}
 BATCH_SIZES = (32, 64, 128, 256)
-MULTI_SEED_BATCHES = (32, 256)
+MULTI_SEED_BATCHES = (32, 64, 256)  # the issue's batch sizes 32 and 64, and the largest
 JSONL, TABLE, PLOT = "runs.jsonl", "results.md", "bimodal.png"
 BUDGET_S, MARGIN = 5400.0, 0.15
 
 # Costs for --plan without --probe: {set: {"examples_per_s": {batch: rate}, "overhead_s",
-# "eval_s"}}, from one `--plan --probe` at the defaults on 2026-12-06 (AMD EPYC, 2 cores,
-# load 1.6-2.1; single probes, noisy: batch 32 on mosaics 561, on templates 1050). At them
-# the 32 runs take ~39 min at 5 epochs and 11 epochs keep the 15% margin; measure again
-# (`--probe`) before choosing --epochs for a full run.
+# "eval_s"}}: medians over the 32 runs of the study of 2026-12-06 (AMD EPYC, 2 cores; 48 min,
+# README), each run's training examples over its training time less a fixed cost of 12 s
+# (what `--probe` had measured: 11-14 s). At them the 40 runs take ~61 min at 5 epochs.
 BUILTIN_RATES = {
-    "templates": {"examples_per_s": {32: 1050.0, 64: 776.0, 128: 1074.0, 256: 1058.0},
-                  "overhead_s": 13.0, "eval_s": 4.0},
-    "mosaics": {"examples_per_s": {32: 561.0, 64: 1157.0, 128: 1086.0, 256: 1102.0},
-                "overhead_s": 14.0, "eval_s": 4.0},
+    "templates": {"examples_per_s": {32: 604.0, 64: 857.0, 128: 994.0, 256: 904.0},
+                  "overhead_s": 12.0, "eval_s": 6.0},
+    "mosaics": {"examples_per_s": {32: 581.0, 64: 666.0, 128: 894.0, 256: 694.0},
+                "overhead_s": 12.0, "eval_s": 6.0},
 }
 
 
@@ -114,9 +114,11 @@ class Study:
     temperature_objective: str = "isogclr"  # SogCLR's tau: isogclr or fastclip_v3
     temperature_rho: float = 2.0  # SogCLR's tau settles where the weights' KL equals it
     gradient_scale: str = "infonce"
-    gamma: float = 0.2  # the end of SogCLR's cosine gamma schedule (gamma_min)
-    gamma_schedule: str = "cosine"
-    gamma_decay_epochs: int = 0  # 0: half the epochs (FastCLIP)
+    # SogCLR's gamma: the paper's 0.9, constant. FastCLIP's cosine from 1 to 0.2 over half
+    # the epochs (--gamma 0.2 --gamma_schedule cosine) lost to the CLIP loss here (README).
+    gamma: float = 0.9
+    gamma_schedule: str = "constant"
+    gamma_decay_epochs: int = 0  # with --gamma_schedule cosine; 0: half the epochs (FastCLIP)
     optimizer: str = "adamw"
     learning_rate: float = 0.000125  # x sqrt(B): 0.001 at batch 64
     learning_rate_scaling: str = "sqrt"
