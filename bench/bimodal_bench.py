@@ -96,7 +96,8 @@ def _sub(args, case, **overrides):
 
 # --losses names: run.py's --loss, and SogCLR with iSogCLR's individual temperatures.
 ZERO_SHOT_LOSSES = {"sogclr": ["--loss=sogclr"], "simclr": ["--loss=simclr"],
-                    "sogclr_individual": ["--loss=sogclr", "--individual_temperatures"]}
+                    "sogclr_individual": ["--loss=sogclr", "--individual_temperatures",
+                                          "--nolearnable_temperature"]}
 
 
 def zero_shot(args, loss, seed=0):

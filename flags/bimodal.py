@@ -10,10 +10,12 @@ flags.DEFINE_enum("modality", config.MODALITIES[0], config.MODALITIES,
                   "unimodal: image-image SogCLR / SimCLR; bimodal: an image and a text encoder "
                   "trained on image-caption pairs (captions from class-name templates when the "
                   "dataset has none). With bimodal, --loss=simclr is CLIP's InfoNCE and the "
-                  "flags left unset take the image-text defaults (config.BimodalConfig: "
-                  f"--temperature={config.BIMODAL_TEMPERATURE}, --image_size=28, "
-                  "--width_multiplier=0.125, --color_jitter_strength=0.5, --optimizer=lars, "
-                  "--learning_rate=0.3, --weight_decay=1e-06, --train_epochs=2).")
+                  "flags left unset take the image-text defaults (config.BimodalConfig, the "
+                  f"recipe of bench/bimodal_study.py: --temperature={config.BIMODAL_TEMPERATURE}"
+                  ", --image_size=28, --width_multiplier=0.125, --color_jitter_strength=0.5, "
+                  "--optimizer=adamw, --learning_rate=0.000125, --learning_rate_scaling=sqrt, "
+                  "--weight_decay=0.1, --warmup_epochs=1.0, --train_batch_size=64, "
+                  "--train_epochs=2; --learnable_temperature is on by default).")
 flags.DEFINE_enum("text_encoder", TextConfig.text_encoder, config.TEXT_ENCODERS,
                   "Bimodal text encoder: a small pre-norm Transformer, or token embeddings "
                   "mean-pooled into an MLP.")

@@ -39,17 +39,25 @@ def test_flags_take_their_defaults_from_the_default_job(part):
 
 def test_the_default_job_is_the_measured_one_and_bimodal_keeps_its_own():
     """DEFAULT_JOB: the configuration that beat raw pixels (bench/README.md); the image-text
-    defaults stay those of its measurements (28x28, width 1/8, LARS, 2 epochs, tau 0.03)."""
+    defaults are the bimodal study's recipe (28x28, width 1/8, AdamW, tau 0.03 learnt)."""
     job = config.DEFAULT_JOB.validate()
     assert (job.data.image_size, job.data.color_jitter_strength) == (16, 1.0)
     assert job.model.width_multiplier == 0.25
     assert (job.optimizer.optimizer, job.optimizer.learning_rate,
             job.optimizer.weight_decay) == ("adamw", 0.004, 0.1)
     assert job.run.train_epochs == 8 and job.loss.loss == "sogclr"
-    bimodal = config.BimodalConfig()
+    bimodal = config.BimodalConfig().validate()
     assert (bimodal.data.image_size, bimodal.model.width_multiplier) == (28, 0.125)
-    assert (bimodal.optimizer.optimizer, bimodal.run.train_epochs) == ("lars", 2)
-    assert bimodal.loss.temperature == config.BIMODAL_TEMPERATURE
+    # bench/bimodal_study.py's recipe.
+    assert bimodal.optimizer == config.OptimizerConfig(
+        optimizer="adamw", learning_rate=0.000125, learning_rate_scaling="sqrt",
+        weight_decay=0.1, warmup_epochs=1.0)
+    assert (bimodal.run.train_batch_size, bimodal.run.train_epochs) == (64, 2)
+    assert (bimodal.loss.loss, bimodal.loss.temperature) == ("sogclr", config.BIMODAL_TEMPERATURE)
+    assert (bimodal.loss.gamma, bimodal.loss.gamma_schedule) == (0.9, "constant")
+    assert bimodal.text.learnable_temperature
+    assert bimodal.text.learnable_temperature_learning_rate is None
+    assert bimodal.text.temperature_objective == "isogclr"
 
 
 def test_flags_take_their_choices_from_the_configs():
@@ -110,7 +118,8 @@ def test_bad_bimodal_configs_name_the_flag():
                          ("temperature_objective", "fastclip_v3")):
         with pytest.raises(ValueError, match=f"--{field} must be left at .* without "
                                              "--learnable_temperature"):
-            dataclasses.replace(cfg, text=config.TextConfig(**{field: value})).validate()
+            dataclasses.replace(cfg, text=config.TextConfig(
+                learnable_temperature=False, **{field: value})).validate()
     with pytest.raises(ValueError, match="--temperature_objective must be isogclr with "
                                          "--loss=simclr"):
         dataclasses.replace(cfg, loss=config.LossConfig(loss="simclr", temperature=0.03),
@@ -151,6 +160,9 @@ def test_the_modality_flag_states_the_image_text_defaults():
                         ("color_jitter_strength", bimodal.data.color_jitter_strength),
                         ("optimizer", bimodal.optimizer.optimizer),
                         ("learning_rate", bimodal.optimizer.learning_rate),
+                        ("learning_rate_scaling", bimodal.optimizer.learning_rate_scaling),
                         ("weight_decay", bimodal.optimizer.weight_decay),
+                        ("warmup_epochs", bimodal.optimizer.warmup_epochs),
+                        ("train_batch_size", bimodal.run.train_batch_size),
                         ("train_epochs", bimodal.run.train_epochs)):
         assert f"--{flag}={value}" in text, flag

@@ -290,7 +290,7 @@ class TextConfig:
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
-    learnable_temperature: bool = False
+    learnable_temperature: bool = True
     # Peak learning rate of the learnable tau's log (same warm-up and cosine as the model's,
     # not scaled by batch size); None: the model's learning rate (FastCLIP's default).
     learnable_temperature_learning_rate: float | None = None
@@ -325,14 +325,18 @@ class BimodalConfig:
 
     modality: typing.ClassVar[str] = "bimodal"
 
-    # The image-text defaults, which run.py gives the flags left unset: the parts' own
-    # (28x28 images, ResNet-18 of width 1/8, LARS, 2 epochs: the setting of the README's
-    # image-text measurements) and CLIP's temperature, not the unimodal DEFAULT_JOB's.
+    # The image-text defaults, which run.py gives the flags left unset: 28x28 images and a
+    # ResNet-18 of width 1/8 (the parts' own), and the recipe of bench/bimodal_study.py
+    # (README, "Image-text at small batch"): AdamW with decoupled decay 0.1, lr
+    # 0.000125 * sqrt(B) after a 1-epoch warm-up, then cosine; CLIP's initial temperature,
+    # learnt (TextConfig); SogCLR's gamma 0.9, constant (the parts' own); batch 64.
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig(temperature=BIMODAL_TEMPERATURE)
-    optimizer: OptimizerConfig = OptimizerConfig()
-    run: RunConfig = RunConfig(lineareval_while_pretraining=False)
+    optimizer: OptimizerConfig = OptimizerConfig(
+        optimizer="adamw", learning_rate=0.000125, learning_rate_scaling="sqrt",
+        weight_decay=0.1, warmup_epochs=1.0)
+    run: RunConfig = RunConfig(train_batch_size=64, lineareval_while_pretraining=False)
     text: TextConfig = TextConfig()
 
     def validate(self):
@@ -345,7 +349,8 @@ class BimodalConfig:
                         self.loss.temperature)
         if self.text.learnable_temperature and self.loss.individual_temperatures:
             checks.fail("--learnable_temperature", "false with --individual_temperatures "
-                        "(one global tau or one per pair, not both)", True)
+                        "(one global tau or one per pair, not both: pass "
+                        "--nolearnable_temperature)", True)
         if not self.text.learnable_temperature:
             for name, default in (("learnable_temperature_learning_rate", None),
                                   ("temperature_objective", TEMPERATURE_OBJECTIVES[0])):
