@@ -79,10 +79,14 @@ class PerVariableLearningRate:
     when none). Resolved once in `build` from the Keras paths: inside `update_step` (tf
     backend) the variable is a bare, possibly per-replica tf.Variable without a path."""
 
-    def _set_learning_rate_multipliers(self, multipliers):
-        self.learning_rate_multipliers = _check_multipliers(multipliers)
+    def __init__(self, *args, learning_rate_multipliers=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rate_multipliers = _check_multipliers(learning_rate_multipliers)
 
-    def _resolve_learning_rate_multipliers(self, variables):
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
         self._learning_rate_factors = tuple(
             next((f for p, f in self.learning_rate_multipliers.items()
                   if re.search(p, _variable_path(v)) is not None), 1.0)
@@ -157,6 +161,7 @@ class LARS(PerVariableLearningRate, keras.optimizers.Optimizer):
         super().__init__(
             learning_rate=_as_float_if_number(learning_rate),
             weight_decay=None,
+            learning_rate_multipliers=learning_rate_multipliers,
             name=name,
             **kwargs,
         )
@@ -166,7 +171,6 @@ class LARS(PerVariableLearningRate, keras.optimizers.Optimizer):
         self.nesterov = bool(nesterov)
         self.weight_decay_excludes = tuple(wd_excludes)
         self.layer_adaptation_excludes = tuple(adaptation_excludes)
-        self._set_learning_rate_multipliers(learning_rate_multipliers)
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Not supported: pass `exclude_from_weight_decay=[...]` to the constructor."""
@@ -194,7 +198,6 @@ class LARS(PerVariableLearningRate, keras.optimizers.Optimizer):
             not _matches_any(_variable_path(v), self.layer_adaptation_excludes)
             for v in variables
         )
-        self._resolve_learning_rate_multipliers(variables)
 
     def update_step(self, gradient, variable, learning_rate):
         """One LARS step for one variable (dense; sparse gradients are densified)."""
@@ -265,10 +268,11 @@ class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
                  name="adamw", **kwargs):
         _check_hyperparameters(learning_rate, 0.0, weight_decay)
         super().__init__(learning_rate=_as_float_if_number(learning_rate),
-                         weight_decay=float(weight_decay), name=name, **kwargs)
+                         weight_decay=float(weight_decay),
+                         learning_rate_multipliers=learning_rate_multipliers, name=name,
+                         **kwargs)
         self.weight_decay_excludes = tuple(
             _check_patterns(exclude_from_weight_decay, "exclude_from_weight_decay"))
-        self._set_learning_rate_multipliers(learning_rate_multipliers)
 
     def build(self, variables):
         if self.built:
@@ -276,7 +280,6 @@ class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
         super().exclude_from_weight_decay(var_list=[
             v for v in variables if _matches_any(_variable_path(v), self.weight_decay_excludes)])
         super().build(variables)
-        self._resolve_learning_rate_multipliers(variables)
 
     def get_config(self):
         config = super().get_config()
@@ -288,32 +291,10 @@ class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
 class SGD(PerVariableLearningRate, keras.optimizers.SGD):
     """Keras's SGD (with momentum) taking `learning_rate_multipliers`."""
 
-    def __init__(self, learning_rate, momentum=0.0, nesterov=False,
-                 learning_rate_multipliers=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         **kwargs)
-        self._set_learning_rate_multipliers(learning_rate_multipliers)
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self._resolve_learning_rate_multipliers(variables)
-
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
 class Adam(PerVariableLearningRate, keras.optimizers.Adam):
     """Keras's Adam taking `learning_rate_multipliers`."""
-
-    def __init__(self, learning_rate, learning_rate_multipliers=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self._set_learning_rate_multipliers(learning_rate_multipliers)
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self._resolve_learning_rate_multipliers(variables)
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
