@@ -6,7 +6,8 @@
     checkpoints   atomic numbered checkpoints, restore with clear errors
     preemption    SIGTERM handling and worker agreement
     step_guard    guarded optimiser steps (no update from a non-finite term)
-    optim         LARS, warm-up + cosine schedule, the one optimiser factory
+    optim         LARS, AdamW, warm-up + cosine schedule, the one optimiser factory
+    learning_rate_multipliers  per-variable learning rates for every optimiser (a mixin)
     finetune      supervised fine-tuning with Keras fit: checks, resume, evaluation
     finetune_source  the pretrained source (checkpoint or SavedModel) and its checks
     finetune_model   the fine-tuning classifier built from that source

@@ -2,11 +2,7 @@
 
 Follows SimCLR TF2 (`lars_optimizer.py` and the optimiser parts of `model.py`), with explicit
 arguments instead of flags. Every optimiser built here also takes per-variable learning-rate
-multipliers (`learning_rate_multipliers`, {regex searched in the variable's path: factor}),
-PyTorch's parameter groups in Keras form: FastCLIP gives the learnable temperature its own
-learning rate this way. Keras optimisers have one learning rate for all variables, hence the
-small mixin below rather than a second optimiser (which the step guard, loss scaling and
-checkpoints would each have to know about).
+multipliers (`training.learning_rate_multipliers`).
 """
 
 import math
@@ -18,6 +14,8 @@ import tensorflow as tf
 from keras import ops
 
 from tf_sogclr.config import LEARNING_RATE_SCALINGS, OPTIMIZERS
+from tf_sogclr.training.learning_rate_multipliers import (PerVariableLearningRate,
+                                                          check_multipliers, variable_path)
 
 
 # Regexes searched in variable paths. SimCLR spells the first one "batch_normalization" (the
@@ -26,12 +24,6 @@ BATCH_NORM_PATTERN = "batch_norm"
 SUPERVISED_HEAD_PATTERN = "head_supervised"
 # What SimCLR's LARS leaves out of weight decay and of layer adaptation.
 DEFAULT_EXCLUDES = (BATCH_NORM_PATTERN, "bias", SUPERVISED_HEAD_PATTERN)
-
-
-def _variable_path(variable):
-    """A Keras variable's path ("model/dense/kernel"), else a tf.Variable's name."""
-    path = getattr(variable, "path", None)
-    return path if path is not None else variable.name
 
 
 def _matches_any(path, patterns):
@@ -60,50 +52,6 @@ def _is_int(value):
 def _check_non_negative(value, arg_name):
     if not _is_number(value) or not value >= 0:
         raise ValueError(f"`{arg_name}` must be a float >= 0; got {value!r}.")
-
-
-def _check_multipliers(multipliers):
-    """{regex: factor > 0} (None: {}), as a plain dict in a fixed order."""
-    if multipliers is None:
-        return {}
-    if not isinstance(multipliers, dict) or not all(
-            isinstance(p, str) and _is_number(f) and f > 0 for p, f in multipliers.items()):
-        raise ValueError("`learning_rate_multipliers` must be a dict {regex string: factor > 0} "
-                         f"(e.g. {{'temperature': 0.25}}); got {multipliers!r}.")
-    return {p: float(f) for p, f in multipliers.items()}
-
-
-class PerVariableLearningRate:
-    """Mixin for a Keras optimiser: `update_step` multiplies the learning rate of each variable
-    whose path matches a `learning_rate_multipliers` regex by its factor (the first match; 1
-    when none). Resolved once in `build` from the Keras paths: inside `update_step` (tf
-    backend) the variable is a bare, possibly per-replica tf.Variable without a path."""
-
-    def __init__(self, *args, learning_rate_multipliers=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.learning_rate_multipliers = _check_multipliers(learning_rate_multipliers)
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self._learning_rate_factors = tuple(
-            next((f for p, f in self.learning_rate_multipliers.items()
-                  if re.search(p, _variable_path(v)) is not None), 1.0)
-            for v in variables)
-
-    def variable_learning_rate(self, variable, learning_rate):
-        """`learning_rate` times `variable`'s factor."""
-        factor = self._learning_rate_factors[self._get_variable_index(variable)]
-        return learning_rate if factor == 1.0 else learning_rate * factor
-
-    def update_step(self, gradient, variable, learning_rate):
-        return super().update_step(gradient, variable,
-                                   self.variable_learning_rate(variable, learning_rate))
-
-    def get_config(self):
-        return {**super().get_config(),
-                "learning_rate_multipliers": dict(self.learning_rate_multipliers)}
 
 
 def _check_hyperparameters(learning_rate, momentum, weight_decay):
@@ -191,11 +139,11 @@ class LARS(PerVariableLearningRate, keras.optimizers.Optimizer):
         # is a bare (possibly per-replica) tf.Variable without a path.
         self._decay_flags = tuple(
             self.lars_weight_decay > 0
-            and not _matches_any(_variable_path(v), self.weight_decay_excludes)
+            and not _matches_any(variable_path(v), self.weight_decay_excludes)
             for v in variables
         )
         self._adaptation_flags = tuple(
-            not _matches_any(_variable_path(v), self.layer_adaptation_excludes)
+            not _matches_any(variable_path(v), self.layer_adaptation_excludes)
             for v in variables
         )
 
@@ -278,7 +226,7 @@ class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
         if self.built:
             return
         super().exclude_from_weight_decay(var_list=[
-            v for v in variables if _matches_any(_variable_path(v), self.weight_decay_excludes)])
+            v for v in variables if _matches_any(variable_path(v), self.weight_decay_excludes)])
         super().build(variables)
 
     def get_config(self):
@@ -407,7 +355,7 @@ def build_optimizer(
     _check_optimizer_name(name)
     _check_hyperparameters(learning_rate, momentum, weight_decay)
     learning_rate = _as_float_if_number(learning_rate)
-    multipliers = _check_multipliers(learning_rate_multipliers)
+    multipliers = check_multipliers(learning_rate_multipliers)
     if name == "lars":
         return LARS(
             learning_rate,
@@ -465,7 +413,7 @@ def l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,))
     terms = [
         0.5 * ops.sum(ops.square(ops.cast(v, "float32")))
         for v in variables
-        if not _matches_any(_variable_path(v), exclude)
+        if not _matches_any(variable_path(v), exclude)
     ]
     if not terms or weight_decay == 0:
         return ops.convert_to_tensor(0.0, dtype="float32")
@@ -481,6 +429,6 @@ def weight_decay_loss(name, variables, weight_decay):
     """
     _check_optimizer_name(name)
     if weight_decay_in_optimizer(name):
-        head = [v for v in variables if re.search(SUPERVISED_HEAD_PATTERN, _variable_path(v))]
+        head = [v for v in variables if re.search(SUPERVISED_HEAD_PATTERN, variable_path(v))]
         return l2_weight_decay_loss(head, weight_decay, exclude=("bias",))
     return l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,))
