@@ -15,7 +15,7 @@ import tiny
 from tf_sogclr import export, losses
 from tf_sogclr import models as model_lib
 from tf_sogclr.evaluation import knn
-from tf_sogclr.models import resnet
+from tf_sogclr.models import batch_norm, resnet
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 3
@@ -37,7 +37,7 @@ def small_encoder(seed=0, global_bn=False):
     images = keras.Input(IMAGE_SHAPE)
     x = keras.layers.Conv2D(4, 3, kernel_initializer=keras.initializers.GlorotUniform(seed))(
         images)
-    x = resnet.batch_norm_layer("encoder_batch_norm", global_bn=global_bn)(x)
+    x = batch_norm.batch_norm_layer("encoder_batch_norm", global_bn=global_bn)(x)
     return keras.Model(images, keras.layers.GlobalAveragePooling2D()(x))
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from tf_sogclr import losses
 from tf_sogclr import models as model_lib
 from tf_sogclr.losses.u_table import UTable
-from tf_sogclr.models import resnet
+from tf_sogclr.models import batch_norm, resnet
 from tf_sogclr.models import text as text_lib
 
 PACKAGE = "tf_sogclr"
@@ -55,7 +55,7 @@ CASES = {
         lambda: model_lib.ProjectionHead("nonlinear", proj_out_dim=3, num_proj_layers=2),
         lambda layer: layer(PAIR[0], training=False)),
     "StopGradient": (lambda: resnet.StopGradient(name="cut"), lambda layer: layer(PAIR[0])),
-    "BatchNormalization": (lambda: resnet.batch_norm_layer("norm", 0.9),
+    "BatchNormalization": (lambda: batch_norm.batch_norm_layer("norm", 0.9),
                            lambda layer: layer(PAIR[0], training=False)),
     "TextTokenizer": (
         lambda: text_lib.TextTokenizer.from_texts(["a photo of a dog", "a cat"], 16, 5),

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tf_sogclr import config, losses
 from tf_sogclr import models as model_lib
 from tf_sogclr.data import captions
-from tf_sogclr.models import resnet
+from tf_sogclr.models import batch_norm, resnet
 from tf_sogclr.models import text as text_lib
 from tf_sogclr.training import loop as training_loop
 from tf_sogclr.training import modalities, optim
@@ -86,7 +86,7 @@ def dual_encoder(loss="sogclr", learnable=False, global_bn=False, kind="transfor
     images = keras.Input(IMAGE_SHAPE)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images)
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x)
-    x = resnet.batch_norm_layer("encoder_batch_norm", global_bn=global_bn)(x)
+    x = batch_norm.batch_norm_layer("encoder_batch_norm", global_bn=global_bn)(x)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     image_encoder = keras.Model(images, x, name="image_encoder")
     text_encoder = text_lib.TextEncoder(VOCAB, LENGTH, kind, width=8, num_layers=1,

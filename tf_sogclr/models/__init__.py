@@ -3,6 +3,7 @@
     contrastive_model   ContrastiveModel: the guarded train step every model shares
     sogclr_model        SogCLRModel: image-image, with a linear head trained alongside
     dual_encoder        DualEncoderModel: image and text towers into one space
+    batch_norm          BatchNormalization: fused in training, replica-averaged statistics
     heads               ProjectionHead (SimCLR's)
     resnet              ResNet v1 18-152 encoders
     text                TextTokenizer and TextEncoder

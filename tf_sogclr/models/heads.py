@@ -5,7 +5,7 @@ import keras
 import tensorflow as tf
 
 from tf_sogclr.config import PROJECTION_HEAD_MODES
-from tf_sogclr.models import resnet
+from tf_sogclr.models import batch_norm
 
 
 @keras.saving.register_keras_serializable(package="tf_sogclr")
@@ -42,7 +42,7 @@ class ProjectionHead(keras.layers.Layer):
                 self.proj_out_dim if last else width, use_bias=False,
                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
                 name=f"projection_dense_{j}")
-            norm = resnet.batch_norm_layer(f"projection_batch_norm_{j}", self.batch_norm_decay,
+            norm = batch_norm.batch_norm_layer(f"projection_batch_norm_{j}", self.batch_norm_decay,
                                            self.global_bn, center=not last)
             dense.build(input_shape if j == 0 else (None, width))
             norm.build((None, self.proj_out_dim if last else width))

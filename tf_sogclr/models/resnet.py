@@ -22,8 +22,9 @@ As SimCLR: kernels use `VarianceScaling()` (fan-in, truncated normal, scale 1), 
 norm of each block starts with gamma = 0, strided convs pad (k - 1) // 2 before and the rest
 after then use 'valid', the stem max-pool uses 'same'. Unlike SimCLR, a block has a projection
 shortcut only when its stride or channel count changes (so not block_group1_block0 of 18/34).
-`global_bn=True` uses Keras `BatchNormalization(synchronized=True)`: statistics all-reduced over
-the replicas of a tf.distribute strategy (plain batch norm without one).
+Batch norm is `batch_norm.BatchNormalization` (fused in training, replica-averaged moving
+statistics); `global_bn=True` synchronises it: statistics all-reduced over the replicas of a
+tf.distribute strategy (plain batch norm without one).
 """
 
 import math
@@ -32,9 +33,8 @@ import numbers
 import keras
 
 from tf_sogclr.config import RESNET_DEPTHS
+from tf_sogclr.models.batch_norm import batch_norm_layer
 
-
-BATCH_NORM_EPSILON = 1e-5
 
 # depth -> (uses bottleneck blocks, blocks per group).
 _LAYOUTS = {
@@ -57,37 +57,6 @@ class StopGradient(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-
-@keras.saving.register_keras_serializable(package="tf_sogclr")
-class BatchNormalization(keras.layers.BatchNormalization):
-    """Keras batch norm whose moving statistics stay identical on every replica.
-
-    Keras 3 creates moving_mean / moving_variance with aggregation NONE, so without
-    `synchronized=True` each replica's copy drifts to its own shard's statistics, and what a
-    checkpoint or export holds depends on the replica read. Here updates are averaged over
-    replicas (tf.keras's behaviour, which SimCLR relied on).
-    """
-
-    def add_weight(self, *args, **kwargs):
-        if kwargs.get("name") in ("moving_mean", "moving_variance"):
-            kwargs.setdefault("aggregation", "mean")
-        return super().add_weight(*args, **kwargs)
-
-
-def batch_norm_layer(name, batch_norm_decay=0.9, global_bn=False, center=True,
-                     gamma_initializer="ones", trainable=True):
-    """SimCLR's batch norm: momentum `batch_norm_decay`, epsilon 1e-5, synchronised if global."""
-    return BatchNormalization(
-        axis=-1,
-        momentum=batch_norm_decay,
-        epsilon=BATCH_NORM_EPSILON,
-        center=center,
-        gamma_initializer=gamma_initializer,
-        synchronized=global_bn,
-        trainable=trainable,
-        name=name,
-    )
 
 
 def feature_dim(depth, width_multiplier=1.0):

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from tf_sogclr import distribute, export
-from tf_sogclr.models import resnet, sogclr_model
+from tf_sogclr.models import batch_norm, resnet, sogclr_model
 from tf_sogclr.training import modalities, optim
 from tf_sogclr.training.finetune_source import FEATURES_KEY, SERVING_SIGNATURE
 
@@ -126,7 +126,7 @@ def _projection_layers(features, pretrained, selector, model_cfg, global_bn):
         last = j == head.num_proj_layers - 1
         dense_src, norm_src = getattr(head, f"dense_{j}"), getattr(head, f"batch_norm_{j}")
         dense = keras.layers.Dense(dense_src.units, use_bias=False, name=dense_src.name)
-        norm = resnet.batch_norm_layer(norm_src.name, model_cfg.batch_norm_decay, global_bn,
+        norm = batch_norm.batch_norm_layer(norm_src.name, model_cfg.batch_norm_decay, global_bn,
                                        center=not last)
         x = norm(dense(x))
         _copy_weights(dense_src, dense)
