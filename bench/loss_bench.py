@@ -1,6 +1,7 @@
 """Speed and memory of the loss step: prints one JSON object per line (`name`, `value`, ...).
 
     python bench/loss_bench.py [--batch 256 --dim 128 --repeats 7]
+    python bench/loss_bench.py --case=sogclr   # one measurement: a JSON line (bench/alternate.py)
 
 * `sogclr_over_ntxent_time`: SogCLR loss + gradients + table update over NT-Xent loss +
   gradients, same batch, same run (target <= 1.10); with and without XLA.
@@ -92,7 +93,7 @@ class DenseTableLoss:
 
 def run_case(case, num_examples, batch, dim, repeats, jit):
     """One measurement in this process; returns a dict."""
-    import tensorflow as tf  # noqa: F401 (loaded before the RSS baseline: not counted)
+    import tensorflow  # noqa: F401 (loaded before the RSS baseline: not counted)
     from tf_sogclr import losses
     baseline = _rss_bytes()
     if case == "ntxent":
@@ -109,9 +110,14 @@ def run_case(case, num_examples, batch, dim, repeats, jit):
     args = _inputs(batch, dim, num_examples)
     step(*args)
     peak_before_steps = _peak_rss_bytes()
+    cpu = time.process_time()
     seconds = _time_step(step, args, repeats, iterations=20)
+    cpu_per_step = (time.process_time() - cpu) / (repeats * 20 + 3)
     return {
         "seconds_per_step": seconds,
+        # For bench/alternate.py: anchors (both views) per second and CPU-seconds per anchor.
+        "examples_per_s": batch / seconds,
+        "cpu_seconds_per_example": cpu_per_step / batch,
         "table_bytes": after_table - baseline,
         "steps_raised_peak_rss_bytes": max(0, _peak_rss_bytes() - peak_before_steps),
         "rss_after_steps_bytes": _rss_bytes() - baseline,

@@ -1,9 +1,12 @@
 """Pretraining speed: prints one JSON object per line (`name`, `value`, ...).
 
-    python bench/train_bench.py [--steps 20 --batch 128 --width 0.25]
+    python bench/train_bench.py [--steps 40 --batch 128 --width 0.25]
+    python bench/train_bench.py --case=train   # one measurement: a JSON line (bench/alternate.py)
 
 * `train_examples_per_s` (loss=sogclr and loss=simclr): small-stem ResNet-18 train steps
-  on 32x32x3 batches already in memory, through `training_loop.train_loop_function`;
+  on 32x32x3 batches already in memory, as `run.py` runs them (`training.loop`'s loop with
+  the step guard's diagnostics, run.py's steps per execution, logs and report read back
+  after every execution), with CPU-seconds per example (all threads);
 * `train_sogclr_over_simclr_throughput`: their ratio, same run (target >= 0.97);
 * `jit_over_nojit_throughput`: the SogCLR step compiled with XLA over without;
 * `pipeline_examples_per_s_fashion_mnist`, `pipeline_examples_per_s_rgb32`: the two-view
@@ -25,6 +28,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
+
+
+from tf_sogclr.config import RunConfig  # noqa: E402  (after sys.path)
 
 
 def _tiny_rgb_dataset(data_dir, num_examples=4096):
@@ -70,33 +76,59 @@ def _model(loss, batch, width, image_shape, jit):
     return modalities.build_sogclr_model(cfg, info, num_replicas=1), cfg
 
 
-def _time_loop(model, iterator, steps, steps_per_execution, jit):
+def execution_function(model, iterator, steps_per_execution, jit):
+    """One execution of `steps_per_execution` train steps as `loop.run_schedule` runs it:
+    the loop with the step guard's diagnostics, its logs and report read back on the host."""
     import tensorflow as tf
     from tf_sogclr.training import loop as training_loop
-    loop = training_loop.train_loop_function(model, tf.distribute.get_strategy(), jit_compile=jit)
+    loop = training_loop.train_loop_function(model, tf.distribute.get_strategy(),
+                                             jit_compile=jit, diagnostics=True)
     n = tf.constant(steps_per_execution, tf.int32)
-    loop(iterator, n)  # trace, compile, warm up
-    loop(iterator, n)
-    start = time.perf_counter()
+
+    def execution():
+        logs, report = loop(iterator, n)
+        logs = {k: float(v) for k, v in logs.items()}
+        if float(report["skipped"]):
+            raise RuntimeError(f"the step guard skipped a benchmark step: {report}")
+        return logs
+
+    return execution
+
+
+def _time_loop(model, iterator, steps, steps_per_execution, jit):
+    """Wall and CPU seconds (all threads) of >= `steps` steps: (wall, cpu, steps)."""
+    execution = execution_function(model, iterator, steps_per_execution, jit)
+    execution()  # trace, compile, warm up
+    execution()
+    wall, cpu = time.perf_counter(), time.process_time()
     done = 0
     while done < steps:
-        logs = loop(iterator, n)
+        execution()
         done += steps_per_execution
-    float(logs["contrastive_loss"])
-    return time.perf_counter() - start, done
+    return time.perf_counter() - wall, time.process_time() - cpu, done
+
+
+def constant_batches(batch):
+    """An iterator repeating one batch of two random 32x32x3 views, indices 0..batch-1."""
+    import tensorflow as tf
+    gen = tf.random.Generator.from_seed(0)
+    batch = {"view1": gen.uniform((batch, 32, 32, 3)),
+             "view2": gen.uniform((batch, 32, 32, 3)),
+             "index": tf.range(batch, dtype=tf.int32),
+             "label": tf.zeros((batch,), tf.int64)}
+    return iter(tf.data.Dataset.from_tensors(batch).repeat())
 
 
 def case_train(args):
-    import tensorflow as tf
     model, _ = _model(args.loss, args.batch, args.width, (32, 32, 3), args.jit)
-    gen = tf.random.Generator.from_seed(0)
-    batch = {"view1": gen.uniform((args.batch, 32, 32, 3)),
-             "view2": gen.uniform((args.batch, 32, 32, 3)),
-             "index": tf.range(args.batch, dtype=tf.int32),
-             "label": tf.zeros((args.batch,), tf.int64)}
-    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
-    seconds, steps = _time_loop(model, iterator, args.steps, args.steps_per_execution, args.jit)
-    return {"examples_per_s": steps * args.batch / seconds, "seconds_per_step": seconds / steps}
+    iterator = constant_batches(args.batch)
+    return _speeds(*_time_loop(model, iterator, args.steps, args.steps_per_execution, args.jit),
+                   args.batch)
+
+
+def _speeds(seconds, cpu_seconds, steps, batch):
+    return {"examples_per_s": steps * batch / seconds, "seconds_per_step": seconds / steps,
+            "cpu_seconds_per_example": cpu_seconds / (steps * batch)}
 
 
 def _pipeline(dataset, data_dir, batch, image_size, channels):
@@ -132,8 +164,8 @@ def case_train_with_pipeline(args):
     name, data_dir, size, channels = _pipeline_source(args)
     model, _ = _model("sogclr", args.batch, args.width, (size, size, channels), False)
     iterator = iter(_pipeline(name, data_dir, args.batch, size, channels))
-    seconds, steps = _time_loop(model, iterator, args.steps, args.steps_per_execution, False)
-    return {"examples_per_s": steps * args.batch / seconds}
+    return _speeds(*_time_loop(model, iterator, args.steps, args.steps_per_execution, False),
+                   args.batch)
 
 
 CASES = {"train": case_train, "pipeline": case_pipeline, "train_with_pipeline": case_train_with_pipeline}
@@ -152,8 +184,9 @@ def _sub(args, case, **overrides):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--steps_per_execution", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps_per_execution", type=int, default=RunConfig.steps_per_execution,
+                        help="steps per host round trip (default: run.py's)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--data_dir", default=None, help="TFDS dir for Fashion-MNIST (temp if unset)")
