@@ -63,7 +63,8 @@ def _validate_hyperparameters(num_examples, temperature, gamma, gamma_schedule, 
 
 
 def sogclr_direction(sims, negatives, positive, log_u_old, gamma, temperature, num_negatives):
-    """One anchor direction of docs/algorithm.md, "The step".
+    """The step of docs/algorithm.md ("The step") for a batch of anchors: one direction's,
+    or the unimodal loss's two directions stacked as `2b` rows.
 
     sims: raw similarities `[b, K]` (differentiable); negatives: bool `[b, K]`;
     positive: `[b]`; log_u_old: `[b]`; temperature: a scalar or one tau per anchor `[b]`.
@@ -282,7 +283,6 @@ class GlobalContrastiveLoss(GlobalContrastiveBase):
         batch = tf.shape(z1)[0]
         global_batch = tf.shape(z1_all)[0]
         not_self = inputs.not_self_mask(batch, global_batch)
-        negatives = tf.concat([not_self, not_self], axis=1)  # [b, 2B]
         num_negatives = 2.0 * (tf.cast(global_batch, tf.float32) - 1.0)
         positive = tf.reduce_sum(z1 * z2, axis=1)
         log_u_old = self.u_table.read(index)
@@ -291,13 +291,20 @@ class GlobalContrastiveLoss(GlobalContrastiveBase):
             tau_all = self.temperature_table.read(index_all)  # metrics, remote term
             tau = self.temperature_table.read(index)
         gamma = tf.convert_to_tensor(self.current_gamma.value)
-        # Anchors z1 against [z2_all; z1_all], anchors z2 against [z1_all; z2_all].
-        sims1 = tf.matmul(z1, tf.concat([z2_all, z1_all], 0), transpose_b=True)
-        sims2 = tf.matmul(z2, tf.concat([z1_all, z2_all], 0), transpose_b=True)
-        loss1, log_u1, correct1, tau_gradient1 = sogclr_direction(
-            sims1, negatives, positive, log_u_old, gamma, tau, num_negatives)
-        loss2, log_u2, correct2, tau_gradient2 = sogclr_direction(
-            sims2, negatives, positive, log_u_old, gamma, tau, num_negatives)
+        # Both directions in one pass over [2b, 2B]: anchors z1 then z2 against
+        # [z1_all; z2_all]. Each anchor's negatives are every column but its own row in
+        # either half (its view's self and its positive), so one mask serves both, and the
+        # column order does not matter to the sums.
+        sims = tf.matmul(tf.concat([z1, z2], 0), tf.concat([z1_all, z2_all], 0),
+                         transpose_b=True)
+        negatives = tf.tile(not_self, [2, 2])  # [2b, 2B]
+        twice = lambda per_anchor: tf.concat([per_anchor, per_anchor], 0)
+        both_tau = tau if isinstance(tau, float) else twice(tau)
+        loss12, log_u12, correct12, tau_gradient12 = sogclr_direction(
+            sims, negatives, twice(positive), twice(log_u_old), gamma, both_tau, num_negatives)
+        loss1, loss2 = tf.split(loss12, 2)
+        log_u1, log_u2 = tf.split(log_u12, 2)
+        tau_gradient1, tau_gradient2 = tf.split(tau_gradient12, 2)
         loss = self._scaled(loss1 + loss2, tau)
         # Per-anchor scalars of the global batch, in one all-gather without gradient: the
         # table write's, the remote term's and the temperature update's.
@@ -324,8 +331,7 @@ class GlobalContrastiveLoss(GlobalContrastiveBase):
             return loss
         metrics = {
             "objective": tf.reduce_mean(tau * (log_u1 + log_u2) - 2.0 * positive),
-            "contrastive_accuracy": tf.reduce_mean(
-                tf.cast(tf.concat([correct1, correct2], 0), tf.float32)),
+            "contrastive_accuracy": tf.reduce_mean(tf.cast(correct12, tf.float32)),
             "input_ok": tf.cast(accept, tf.float32),
             **u_statistics(log_u),
         }
