@@ -12,7 +12,6 @@ import tensorflow as tf
 import tiny
 from tf_sogclr import losses
 from tf_sogclr.config import TEMPERATURE_RANGE
-from tf_sogclr.training import optim
 
 
 def test_the_weight_is_log_tau_and_the_optimiser_clamps_it_to_the_range():
