@@ -57,7 +57,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
         outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
             x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)
-        count = tf.cast(tf.size(x) // channels, tf.float32)
+        count = tf.cast(tf.size(x, out_type=tf.int64) // tf.cast(channels, tf.int64), tf.float32)
         # The kernel's variance is the batch's times count / (count - 1) (count 1: times 1).
         variance = unbiased_variance * tf.maximum(count - 1.0, 1.0) / count
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
