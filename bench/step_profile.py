@@ -28,8 +28,8 @@ PARTS = (
     ("convolution_forward", lambda scope, op: "Conv2D" in op and "Backprop" not in op),
     ("convolution_backward", lambda scope, op: "Conv2DBackprop" in op),
     ("optimizer_update", lambda scope, op: "/cond/" in scope),  # the step guard's tf.cond
-    ("batch_norm", lambda scope, op: "BatchNorm" in op or "batch_norm" in scope
-     and "relu" not in scope),
+    ("batch_norm", lambda scope, op: "BatchNorm" in op
+     or ("batch_norm" in scope and "relu" not in scope)),
     ("relu", lambda scope, op: "Relu" in op),
     ("loss_and_u_table", lambda scope, op: "_loss" in scope and "linear" not in scope),
     ("linear_head", lambda scope, op: "head_supervised" in scope or "SoftmaxCrossEntropy" in op),

@@ -1,7 +1,10 @@
-"""bench/alternate.py (alternating runs, medians, ratios) and bench/train_bench.py's one case."""
+"""bench/alternate.py (alternating runs, medians, ratios), train_bench.py's one case and
+step_profile.py (a traced step summed into its parts)."""
 
 import json
 import sys
+
+import pytest
 
 import bench_scripts
 
@@ -81,3 +84,42 @@ def test_train_bench_case_train_prints_its_speeds():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["examples_per_s"] > 0 and result["cpu_seconds_per_example"] > 0
     assert abs(result["seconds_per_step"] * result["examples_per_s"] - 8) < 1e-6
+
+
+step_profile = bench_scripts.module_fixture("step_profile")
+
+
+def test_step_profile_names_each_op_by_its_part(step_profile):
+    cases = {
+        ("while/encoder_1/block_group1_block0_conv1_1/convolution", "_MklNativeConv2D"):
+            "convolution_forward",
+        ("gradient_tape/while/encoder_1/stem_conv_1/convolution", "Conv2DBackpropFilter"):
+            "convolution_backward",
+        ("while/encoder_1/stem_batch_norm_1/FusedBatchNormV3", "_MklNativeFusedBatchNormEx"):
+            "batch_norm",
+        ("gradient_tape/while/encoder_1/stem_batch_norm_relu_1", "ReluGrad"): "relu",
+        ("while/cond/then/_1139", "AssignSubVariableOp"): "optimizer_update",
+        ("gradient_tape/while/global_contrastive_loss_1/MatMul", "_MklMatMul"):
+            "loss_and_u_table",
+        ("while/head_supervised_1/MatMul", "_MklMatMul"): "linear_head",
+        ("while/IsFinite_58", "IsFinite"): "non_finite_checks",
+        ("while/AddN_11", "AddN"): "gradient_sums",
+        ("while/concat", "ConcatV2"): "other",
+    }
+    for (scope, op), part in cases.items():
+        assert step_profile.part_of(scope, op) == part, (scope, op)
+
+
+def test_step_profile_sums_a_traced_step_into_its_parts():
+    done = bench_scripts.succeeded(bench_scripts.run_script(
+        "step_profile", "--batch=8", "--width=0.0625", "--steps=1", "--top=3", timeout=300))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    parts = result["parts"]
+    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(p["ms_per_step"] for p in parts.values()) == pytest.approx(
+        result["op_ms_per_step"], rel=1e-2, abs=0.05)
+    # Convolutions and batch norm are found in a ResNet's step.
+    assert parts["convolution_forward"]["ms_per_step"] > 0
+    assert parts["convolution_backward"]["ms_per_step"] > 0
+    assert parts["batch_norm"]["ms_per_step"] > 0
+    assert len(result["top_op_types_ms_per_step"]) == 3
