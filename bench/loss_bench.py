@@ -174,6 +174,8 @@ def main():
     parser.add_argument("--num_examples", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.blocks < 2:
+        parser.error(f"--blocks must be >= 2 (its quartiles need two blocks), got {args.blocks}.")
     if args.case == "ratio":
         print(json.dumps(interleaved_ratio(args.batch, args.dim, args.blocks, args.jit)))
         return

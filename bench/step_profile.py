@@ -75,7 +75,7 @@ def main():
     args = parser.parse_args()
     import tensorflow as tf
 
-    model, _ = train_bench._model(args.loss, args.batch, args.width, (32, 32, 3), False)
+    model = train_bench.benchmark_model(args.loss, args.batch, args.width, (32, 32, 3), False)
     iterator = train_bench.constant_batches(args.batch)
     execution = train_bench.execution_function(model, iterator, 1, False)
     for _ in range(3):  # trace, compile, warm up

@@ -61,7 +61,8 @@ def _tiny_rgb_dataset(data_dir, num_examples=4096):
     return "bench_rgb32"
 
 
-def _model(loss, batch, width, image_shape, jit):
+def benchmark_model(loss, batch, width, image_shape, jit):
+    """The product's SogCLR model (run.py's builder) for batches of `image_shape`."""
     from tf_sogclr import config
     from tf_sogclr.data import DatasetInfo
     from tf_sogclr.training import modalities
@@ -73,7 +74,7 @@ def _model(loss, batch, width, image_shape, jit):
     info = DatasetInfo(name="bench", full_name="bench/1.0.0", split="train", base_split="train",
                        num_examples=50_000, num_split_examples=50_000, num_classes=10,
                        image_shape=image_shape, shard_lengths=(50_000,))
-    return modalities.build_sogclr_model(cfg, info, num_replicas=1), cfg
+    return modalities.build_sogclr_model(cfg, info, num_replicas=1)
 
 
 def execution_function(model, iterator, steps_per_execution, jit):
@@ -120,7 +121,7 @@ def constant_batches(batch):
 
 
 def case_train(args):
-    model, _ = _model(args.loss, args.batch, args.width, (32, 32, 3), args.jit)
+    model = benchmark_model(args.loss, args.batch, args.width, (32, 32, 3), args.jit)
     iterator = constant_batches(args.batch)
     return _speeds(*_time_loop(model, iterator, args.steps, args.steps_per_execution, args.jit),
                    args.batch)
@@ -162,7 +163,7 @@ def case_pipeline(args):
 
 def case_train_with_pipeline(args):
     name, data_dir, size, channels = _pipeline_source(args)
-    model, _ = _model("sogclr", args.batch, args.width, (size, size, channels), False)
+    model = benchmark_model("sogclr", args.batch, args.width, (size, size, channels), False)
     iterator = iter(_pipeline(name, data_dir, args.batch, size, channels))
     return _speeds(*_time_loop(model, iterator, args.steps, args.steps_per_execution, False),
                    args.batch)
