@@ -73,6 +73,10 @@ def main():
     parser.add_argument("--loss", default="sogclr", choices=("sogclr", "simclr"))
     parser.add_argument("--top", type=int, default=0, help="also list the N heaviest op types")
     args = parser.parse_args()
+    for flag, value, low in (("--steps", args.steps, 1), ("--batch", args.batch, 2),
+                             ("--top", args.top, 0)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}.")
     import tensorflow as tf
 
     model = train_bench.benchmark_model(args.loss, args.batch, args.width, (32, 32, 3), False)
