@@ -71,16 +71,20 @@ def main():
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--loss", default="sogclr", choices=("sogclr", "simclr"))
+    parser.add_argument("--image_size", type=int, default=32,
+                        help="side of the square inputs (16: the default job's and study's)")
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
     parser.add_argument("--top", type=int, default=0, help="also list the N heaviest op types")
     args = parser.parse_args()
     for flag, value, low in (("--steps", args.steps, 1), ("--batch", args.batch, 2),
-                             ("--top", args.top, 0)):
+                             ("--top", args.top, 0), ("--image_size", args.image_size, 8)):
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}.")
     import tensorflow as tf
 
-    model = train_bench.benchmark_model(args.loss, args.batch, args.width, (32, 32, 3), False)
-    iterator = train_bench.constant_batches(args.batch)
+    shape = (args.image_size, args.image_size, args.channels)
+    model = train_bench.benchmark_model(args.loss, args.batch, args.width, shape, False)
+    iterator = train_bench.constant_batches(args.batch, shape)
     execution = train_bench.execution_function(model, iterator, 1, False)
     for _ in range(3):  # trace, compile, warm up
         execution()
@@ -99,7 +103,7 @@ def main():
     for (scope, op), ps in times.items():
         parts[part_of(scope, op)] += ps
         types[op] += ps
-    result = {"batch": args.batch, "width": args.width, "loss": args.loss, "steps": args.steps,
+    result = {"batch": args.batch, "image_shape": list(shape), "width": args.width, "loss": args.loss, "steps": args.steps,
               "wall_ms_per_step": 1000 * wall / args.steps,
               "op_ms_per_step": total * per_step,
               "parts": {name: {"ms_per_step": round(parts[name] * per_step, 2),

@@ -109,12 +109,13 @@ def _time_loop(model, iterator, steps, steps_per_execution, jit):
     return time.perf_counter() - wall, time.process_time() - cpu, done
 
 
-def constant_batches(batch):
-    """An iterator repeating one batch of two random 32x32x3 views, indices 0..batch-1."""
+def constant_batches(batch, image_shape=(32, 32, 3)):
+    """An iterator repeating one batch of two random views of `image_shape`, indices
+    0..batch-1."""
     import tensorflow as tf
     gen = tf.random.Generator.from_seed(0)
-    batch = {"view1": gen.uniform((batch, 32, 32, 3)),
-             "view2": gen.uniform((batch, 32, 32, 3)),
+    batch = {"view1": gen.uniform((batch, *image_shape)),
+             "view2": gen.uniform((batch, *image_shape)),
              "index": tf.range(batch, dtype=tf.int32),
              "label": tf.zeros((batch,), tf.int64)}
     return iter(tf.data.Dataset.from_tensors(batch).repeat())

@@ -112,8 +112,10 @@ def test_step_profile_names_each_op_by_its_part(step_profile):
 
 def test_step_profile_sums_a_traced_step_into_its_parts():
     done = bench_scripts.succeeded(bench_scripts.run_script(
-        "step_profile", "--batch=8", "--width=0.0625", "--steps=1", "--top=3", timeout=300))
+        "step_profile", "--batch=8", "--width=0.0625", "--steps=1", "--top=3",
+        "--image_size=16", "--channels=1", timeout=300))
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["image_shape"] == [16, 16, 1]  # the default job's and the study's shape
     parts = result["parts"]
     assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0, abs=1e-3)
     assert sum(p["ms_per_step"] for p in parts.values()) == pytest.approx(
