@@ -11,7 +11,8 @@ frozen encoder is scored on the test split by a linear probe and by k-NN. Three 
 raw pixels (no encoder: the floor a representation must clear), and on the same encoder,
 random weights and supervised training (same subset, epochs, crop+flip).
 
-What a run does (one process runs them all, one after the other):
+What a run does (two runs at a time side by side, each in a fresh one-thread worker process:
+`--workers`, study_records.run_pending):
 
 * `simclr` / `sogclr`: `tf_sogclr.training.lifecycle.pretrain` (NT-Xent or SogCLR's global
   loss, AdamW, lr = 0.0005 * sqrt(B) (SimCLR's small-batch rule) warmed up for 1 epoch then
@@ -56,31 +57,30 @@ a 15% margin):
   at batch 16, 0.008 at 256, 0.011 at 512), 1 warm-up epoch, cosine decay; temperature
   0.1; SogCLR's gamma 0.9; random crops of at least 20% of the image (SimCLR's 8% leaves
   3x3-pixel crops of a 16x16 image), colour jitter 1.0;
-* epochs: 10 for every run (batch 512 makes 19 steps an epoch, 190 in all; batch 16 makes
-  625, 6,250 in all): 100,000 pretraining examples a run;
+* epochs: 22 for every run (batch 512 makes 19 steps an epoch, 418 in all; batch 16 makes
+  625, 13,750 in all): 220,000 pretraining examples a run, the most the budget allows;
 * runs: 2 methods x 6 batch sizes at seed 0, + seeds 1, 2 at batch 16, 64 and 512 (12
-  more), + supervised x 3 seeds, + random x 3 seeds, + raw pixels = 31 runs.
+  more), + supervised x 3 seeds, + random x 3 seeds, + raw pixels = 31 runs, two at a time.
 
 Single runs behind the recipe (SogCLR, batch 64, seed 0, 12 epochs, linear / k-NN against
 raw pixels' 82.0 / 79.0; each row changes the one before): lr 0.00025 * sqrt(B), crops
 >= 8%: 80.8 / 76.8; crops >= 20%: 81.8 / 77.6; lr 0.0005 * sqrt(B): 82.6 / 77.7; then
 temperature 0.2: 83.0 / 77.3; or crops >= 35% with jitter 0.5: 83.1 / 76.1; or all 60,000
 images for 2 epochs (the same 120,000 examples): 82.4 / 77.7. The linear probe reaches the
-floor at this budget; k-NN needs more pretraining: 40 epochs at batch 64 (400,000 examples,
-seed 0) reach 84.9 / 80.8 with SimCLR and 85.1 / 81.2 with SogCLR, but the study at 40
-epochs would take ~4.4 hours (`--plan --epochs 40`).
+floor at this budget; k-NN needs more pretraining: at 10 epochs the whole study stayed under
+raw pixels' k-NN (75.5-78.6), while 40 epochs at batch 64 (400,000 examples, seed 0) reach
+84.9 / 80.8 with SimCLR and 85.1 / 81.2 with SogCLR; 40 epochs would take ~125 min.
 
 Costs (pipeline included, no XLA, steps_per_execution 25), measured with `--plan --probe`
-on a quiet machine (load 0.7-1.4): examples per CPU-second of this process by batch size
-16 / 32 / 64 / 128 / 256 / 512: 312 / 416 / 550 / 597 / 657 / 645, with 1.7-1.9 cores busy
-in those short probes; whole runs at batch 64 kept ~1.4 (717-845 examples/s in six pilot
-runs), so the plan multiplies by QUIET_PARALLELISM = 1.4. Batch 16 costs twice what batch
-64 does per example: its six runs are ~35% of the study. Fixed cost per training run
-(build, trace, first steps): 10 s measured, 15 s assumed; evaluation of one encoder (20,000
-images through it, probe, k-NN): ~5 s per 10k images. With these costs `--plan` estimates
-~75 min for the 31 runs (16% margin; 12 epochs would leave 2%). Before the real run,
-`--plan --probe` (about a minute) measures wall-clock rates on the machine at hand and says
-how many epochs fit there.
+(one one-thread run alone, load 0.6-0.8): examples/s by batch size 16 / 32 / 64 / 128 /
+256 / 512: 602 / 691 / 766 / 710 / 833 / 793; two runs side by side keep 0.97 of that each.
+One two-thread process is hardly faster (batch 16: 614, batch 256: 1,328), so two workers
+train 1.2-1.8x more examples per second than the study did in one process. Fixed cost per
+training run (build, trace, first steps): 9 s measured, 15 s assumed; evaluation of one
+encoder (20,000 images through it, probe, k-NN): ~5 s per 10k images. With these costs
+`--plan` estimates ~75 min for the 31 runs on two workers (17% margin; 23 epochs would leave
+14%). Before the real run, `--plan --probe` (about a minute) measures the rates on the
+machine at hand and says how many epochs fit there.
 
 Outputs under --results_dir:
 
@@ -108,6 +108,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import shutil
@@ -123,7 +124,7 @@ if REPO not in sys.path:
 from bench.study_records import (add_dataclass_flags, batch_size_axis,  # noqa: E402
                                  dataclass_from_args, drop_checkpoints, format_mean_std,
                                  git_commit, print_run_estimates, read_records, run_pending,
-                                 settings_id, summarise, write_atomically)
+                                 settings_id, summarise, thread_environment, write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
@@ -141,19 +142,19 @@ KNN_K, KNN_TEMPERATURE = 200, 0.1
 # Supervised reference recipe.
 SUPERVISED_BATCH, SUPERVISED_LR, SUPERVISED_WEIGHT_DECAY = 128, 0.1, 5e-4
 
-# Costs measured with --probe / --quick at the full configuration while other jobs loaded the
-# 2-core machine (load average 3.3-6.8). Under that load wall-clock rates swung up to 3x from
-# one probe to the next, so the plan rests on rates per CPU-second of this process (steadier),
-# times the cores a quiet machine lets TensorFlow use (QUIET_PARALLELISM, assumed; 2 cores).
-MEASURED_EXAMPLES_PER_CPU_S = {16: 312.0, 32: 416.0, 64: 550.0, 128: 597.0, 256: 657.0,
-                               512: 645.0}
+# Costs: examples/s of one run in a one-thread worker process alone on the 2-core machine
+# (`--plan --probe --workers 2`, load average 0.6-0.8, fused batch norm), times
+# SIDE_BY_SIDE, the rate two such runs keep each when they run together (measured 0.97 at
+# batch 16 and 256: 563 + 531 against 562 alone, 812 + 811 against 838).
+WORKER_EXAMPLES_PER_S = {16: 602.0, 32: 691.0, 64: 766.0, 128: 710.0, 256: 833.0, 512: 793.0}
+SIDE_BY_SIDE = 0.97
 SUPERVISED_SPEEDUP = 2.0  # assumed: one view per example instead of two
-QUIET_PARALLELISM = 1.4
 RUN_OVERHEAD_S = 15.0  # build, trace (single-threaded) and first steps of one training run
 EVAL_S_PER_10K = 5.0  # feature extraction + probe + k-NN, per 10,000 train+test images
 RANDOM_OVERHEAD_S = 5.0
 MARGIN = 0.15
 BUDGET_S = 5400.0
+WORKERS = 2  # runs side by side (--workers), each in its own one-thread process on 2 cores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ class Study:
     resnet_depth: int = 18
     width_multiplier: float = 0.25
     proj_out_dim: int = 128
-    epochs: int = 10
+    epochs: int = 22
     temperature: float = 0.1
     gamma: float = 0.9
     gamma_schedule: str = "constant"
@@ -275,12 +276,12 @@ def estimate_s(run, study, rates, epochs=None):
     return rates["overhead_s"] + examples / rate + evaluation
 
 
-def builtin_rates(parallelism=QUIET_PARALLELISM):
-    return {"examples_per_s": {b: r * parallelism for b, r in MEASURED_EXAMPLES_PER_CPU_S.items()},
+def builtin_rates():
+    return {"examples_per_s": dict(WORKER_EXAMPLES_PER_S),
             "overhead_s": RUN_OVERHEAD_S, "eval_s_per_10k": EVAL_S_PER_10K}
 
 
-def print_plan(study, runs, rates, done, source):
+def print_plan(study, runs, rates, done, source, workers):
     print("Configuration:")
     for key, value in dataclasses.asdict(study).items():
         print(f"  {key} = {value}")
@@ -295,7 +296,7 @@ def print_plan(study, runs, rates, done, source):
         f"{rates['overhead_s']:.0f} s; evaluation {rates['eval_s_per_10k']:.1f} s per 10k images")
     return print_run_estimates(
         runs, done, lambda run, epochs=None: estimate_s(run, study, rates, epochs), BUDGET_S,
-        MARGIN)
+        MARGIN, workers)
 
 
 # --------------------------------------------------------------------------- runs
@@ -396,6 +397,7 @@ def train_supervised(study, run, info):
 
 def execute(study, run, results_dir):
     """Runs one (method, batch, seed) from scratch; returns its record."""
+    _quiet_tensorflow()  # a worker process starts afresh
     import keras
     from tf_sogclr import data
     from tf_sogclr.training import lifecycle
@@ -668,8 +670,15 @@ def parse_args(argv=None):
                    help=f"default {','.join(map(str, MULTI_SEED_BATCHES))}")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--workers", type=int, default=WORKERS,
+                   help="runs side by side, each in its own process with os.cpu_count() // "
+                        "workers threads; 1: one after the other in this process, all threads "
+                        f"(default {WORKERS}: on 2 cores, two one-thread runs train 1.2-1.8x "
+                        "more examples per second than one two-thread run)")
     add_dataclass_flags(p, Study, QUICK, skip=("data_dir",))
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers: an integer >= 1, got {args.workers}")
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = set(args.methods) - set(METHODS)
     if unknown:
@@ -704,7 +713,9 @@ def main(argv=None):
     done = done_runs(records, study)
 
     if args.plan:
-        if args.probe:
+        if args.probe:  # at the threads of one worker, alone on the machine
+            if args.workers > 1:
+                os.environ.update(thread_environment(max(1, os.cpu_count() // args.workers)))
             _quiet_tensorflow()
             from tf_sogclr.data import offline
             offline.prepare(study.dataset, study.data_dir)
@@ -713,9 +724,12 @@ def main(argv=None):
                       f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         else:
             rates = builtin_rates()
-            source = (f"built-in: examples per CPU-second measured under load x "
-                      f"{QUIET_PARALLELISM} cores busy on a quiet 2-core machine")
-        print_plan(study, runs, rates, done, source)
+            source = "built-in: one one-thread run alone on a quiet 2-core machine"
+        if args.workers > 1:
+            rates["examples_per_s"] = {b: r * SIDE_BY_SIDE
+                                       for b, r in rates["examples_per_s"].items()}
+            source += f", x {SIDE_BY_SIDE} for runs side by side"
+        print_plan(study, runs, rates, done, source, args.workers)
         return 0
 
     _quiet_tensorflow()
@@ -731,9 +745,10 @@ def main(argv=None):
         write_table(os.path.join(args.results_dir, TABLE), records, study, command)
         write_plot(os.path.join(args.results_dir, PLOT), records, study)
 
-    run_pending(runs, done, lambda run: execute(study, run, args.results_dir), records, jsonl,
-                write_outputs, lambda r: f"linear {100 * r['linear_top1']:.1f}  "
-                                         f"k-NN {100 * r['knn_top1']:.1f}")
+    run_pending(runs, done, functools.partial(execute, study, results_dir=args.results_dir),
+                records, jsonl, write_outputs,
+                lambda r: f"linear {100 * r['linear_top1']:.1f}  k-NN {100 * r['knn_top1']:.1f}",
+                workers=args.workers)
     print(f"Table: {os.path.join(args.results_dir, TABLE)}\n"
           f"Plot: {os.path.join(args.results_dir, PLOT)}")
     return 0

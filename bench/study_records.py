@@ -6,13 +6,23 @@ drops a line cut short by a kill) to skip what is done. `summarise` and `format_
 turn the runs of one cell into the tables' "mean ± std" (sample std over seeds).
 `add_dataclass_flags` / `dataclass_from_args` make a study's settings dataclass its command
 line, `settings_id` names a configuration in the records, `git_commit` the code that ran it;
-`print_run_estimates` is the plan, `run_pending` the resumable loop over the runs,
-`drop_checkpoints` cleans a finished run, `batch_size_axis` draws the plots' x axis.
+`print_run_estimates` is the plan, `run_pending` the resumable loop over the runs (in this
+process, or in worker processes side by side), `drop_checkpoints` cleans a finished run,
+`batch_size_axis` draws the plots' x axis.
+
+Why worker processes: on 2 cores one TensorFlow process with both threads trains the small
+studies' ResNet at 16x16 only a little faster than one thread does (batch 16: 614 against 562
+examples/s; batch 256: 1,328 against 838), so two single-threaded runs side by side finish
+1.8x (batch 16) and 1.2x (batch 256) more examples per second than one two-threaded run
+(measured: 563 + 531 and 812 + 811 examples/s; bench/README.md, "Studies on both cores").
 """
 
+import concurrent.futures
 import dataclasses
 import hashlib
+import heapq
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -116,42 +126,84 @@ def drop_checkpoints(model_dir):
             os.remove(os.path.join(model_dir, path))
 
 
-def print_run_estimates(runs, done, estimate_s, budget_s, margin):
+def makespan(durations, workers):
+    """Seconds until `workers` processes finish `durations` (seconds, in order), each run
+    going to the first worker free, as `run_pending` hands them out."""
+    free_at = [0.0] * max(1, workers)
+    for seconds in durations:
+        heapq.heappush(free_at, heapq.heappop(free_at) + seconds)
+    return max(free_at)
+
+
+def print_run_estimates(runs, done, estimate_s, budget_s, margin, workers=1):
     """Prints each run's estimate (`estimate_s(run, epochs=None)` seconds; "done" for runs in
-    `done`), the time left and the whole study's against `budget_s`, and the most epochs
-    that keep a `margin` (fraction) of it. Returns the seconds left."""
+    `done`), the time left and the whole study's on `workers` processes against `budget_s`,
+    and the most epochs that keep a `margin` (fraction) of it. Returns the seconds left."""
     todo = [r for r in runs if r not in done]
     print(f"Runs ({len(runs)}, {len(runs) - len(todo)} already done):")
     width = max((len(r.name) for r in runs), default=0) + 2
     for run in runs:
         status = "done" if run in done else f"~{estimate_s(run) / 60:.1f} min"
         print(f"  {run.name:<{width}} {status}")
-    left = sum(estimate_s(r) for r in todo)
-    whole = sum(estimate_s(r) for r in runs)
-    print(f"Estimated time left: {left / 60:.1f} min; whole study {whole / 60:.1f} min "
-          f"(budget {budget_s / 60:.0f} min, {100 * (1 - whole / budget_s):.0f}% margin)")
+    left = makespan([estimate_s(r) for r in todo], workers)
+    whole = makespan([estimate_s(r) for r in runs], workers)
+    print(f"Estimated time left: {left / 60:.1f} min; whole study {whole / 60:.1f} min on "
+          f"{workers} worker process(es) (budget {budget_s / 60:.0f} min, "
+          f"{100 * (1 - whole / budget_s):.0f}% margin)")
     fits = [e for e in range(1, 201)
-            if sum(estimate_s(r, e) for r in runs) <= (1 - margin) * budget_s]
+            if makespan([estimate_s(r, e) for r in runs], workers) <= (1 - margin) * budget_s]
     print(f"Most epochs that keep a {100 * margin:.0f}% margin at these costs: "
           f"{max(fits) if fits else 'none'} (--epochs)")
     return left
 
 
-def run_pending(runs, done, execute, records, jsonl, write_outputs, describe):
-    """Executes the `runs` not in `done`, one after the other. Each record
-    (`execute(run)`) is appended to `jsonl` and `records`, then `write_outputs(records)`
-    rewrites the table and plot; a progress line shows `describe(record)`."""
+def thread_environment(threads):
+    """Environment variables that hold a TensorFlow process to `threads` threads for its ops
+    (intra-op) and for running independent ops (inter-op); set before TensorFlow starts."""
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
+
+
+def _start_worker(threads):
+    os.environ.update(thread_environment(threads))
+
+
+def run_pending(runs, done, execute, records, jsonl, write_outputs, describe, workers=1):
+    """Executes the `runs` not in `done`: in this process one after the other, or with
+    `workers` > 1 in that many worker processes side by side, each a fresh process per run
+    (TensorFlow graphs and thread pools do not mix) holding os.cpu_count() // workers
+    threads; `execute` must then be picklable (a module-level function or a partial of one).
+    Each record (`execute(run)`, plus `workers`) is appended to `jsonl` and `records` as its
+    run finishes, then `write_outputs(records)` rewrites the table and plot; a progress line
+    shows `describe(record)`. A failed run stops the study after the runs in flight."""
     todo = [r for r in runs if r not in done]
-    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {jsonl}, {len(todo)} to go",
-          flush=True)
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {jsonl}, {len(todo)} to go"
+          + (f", {workers} at a time" if workers > 1 else ""), flush=True)
     start = time.perf_counter()
-    for i, run in enumerate(todo, 1):
-        record = execute(run)
+
+    def finished(i, run, record):
+        record["workers"] = workers
         append_record(jsonl, record)
         records.append(record)
         write_outputs(records)
         print(f"[{i}/{len(todo)}] {run.name}: {describe(record)}  ({record['wall_s']:.0f} s, "
               f"{(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+
+    if workers <= 1:
+        for i, run in enumerate(todo, 1):
+            finished(i, run, execute(run))
+    elif todo:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker, initargs=(threads,),
+                max_tasks_per_child=1) as pool:
+            futures = {pool.submit(execute, run): run for run in todo}
+            try:
+                for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                    finished(i, futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     write_outputs(records)
 
 

@@ -26,6 +26,7 @@ def test_quick_study_writes_records_table_plot_and_resumes(small_fashion_mnist, 
         for key in ("linear_top1", "knn_top1", "linear_train_top1"):
             assert 0.0 <= r[key] <= 1.0, (r["method"], key)
         assert r["wall_s"] > 0 and r["eval_s"] > 0
+        assert r["workers"] == 2  # the default: two runs side by side
         if r["method"] in ("random", "raw_pixels"):
             assert r["epochs"] == 0 and r["steps"] == 0 and r["examples_per_s"] is None
         else:
@@ -146,6 +147,8 @@ def test_pretrain_subset_changes_what_pretraining_sees_not_the_probe(module):
 
 def test_bad_subsets_fail_before_any_run_naming_the_flag(tmp_path):
     results = tmp_path / "results"
+    bad = study(f"--results_dir={results}", "--workers=0", timeout=120)
+    assert bad.returncode != 0 and "--workers: an integer >= 1, got 0" in bad.stderr
     for flag in ("--pretrain_subset=-5", "--train_subset=0"):
         bad = study(f"--results_dir={results}", flag, timeout=120)
         assert bad.returncode != 0 and "--train_subset: an integer >= 1 and --pretrain_subset " \
