@@ -121,10 +121,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.study_records import (add_dataclass_flags, batch_size_axis,  # noqa: E402
+from bench.study_records import (add_dataclass_flags, add_workers_flag,  # noqa: E402
+                                 batch_size_axis,
                                  dataclass_from_args, drop_checkpoints, format_mean_std,
-                                 git_commit, print_run_estimates, read_records, run_pending,
-                                 settings_id, summarise, thread_environment, write_atomically)
+                                 git_commit, hold_to_one_worker, print_run_estimates,
+                                 read_records, run_pending, settings_id, side_by_side,
+                                 summarise, write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
@@ -143,18 +145,15 @@ KNN_K, KNN_TEMPERATURE = 200, 0.1
 SUPERVISED_BATCH, SUPERVISED_LR, SUPERVISED_WEIGHT_DECAY = 128, 0.1, 5e-4
 
 # Costs: examples/s of one run in a one-thread worker process alone on the 2-core machine
-# (`--plan --probe --workers 2`, load average 0.6-0.8, fused batch norm), times
-# SIDE_BY_SIDE, the rate two such runs keep each when they run together (measured 0.97 at
-# batch 16 and 256: 563 + 531 against 562 alone, 812 + 811 against 838).
+# (`--plan --probe --workers 2`, load average 0.6-0.8, fused batch norm); the plan takes
+# study_records.SIDE_BY_SIDE of it for each of two runs side by side.
 WORKER_EXAMPLES_PER_S = {16: 602.0, 32: 691.0, 64: 766.0, 128: 710.0, 256: 833.0, 512: 793.0}
-SIDE_BY_SIDE = 0.97
 SUPERVISED_SPEEDUP = 2.0  # assumed: one view per example instead of two
 RUN_OVERHEAD_S = 15.0  # build, trace (single-threaded) and first steps of one training run
 EVAL_S_PER_10K = 5.0  # feature extraction + probe + k-NN, per 10,000 train+test images
 RANDOM_OVERHEAD_S = 5.0
 MARGIN = 0.15
 BUDGET_S = 5400.0
-WORKERS = 2  # runs side by side (--workers), each in its own one-thread process on 2 cores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -670,15 +669,9 @@ def parse_args(argv=None):
                    help=f"default {','.join(map(str, MULTI_SEED_BATCHES))}")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--workers", type=int, default=WORKERS,
-                   help="runs side by side, each in its own process with os.cpu_count() // "
-                        "workers threads; 1: one after the other in this process, all threads "
-                        f"(default {WORKERS}: on 2 cores, two one-thread runs train 1.2-1.8x "
-                        "more examples per second than one two-thread run)")
+    add_workers_flag(p)
     add_dataclass_flags(p, Study, QUICK, skip=("data_dir",))
     args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error(f"--workers: an integer >= 1, got {args.workers}")
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = set(args.methods) - set(METHODS)
     if unknown:
@@ -714,8 +707,7 @@ def main(argv=None):
 
     if args.plan:
         if args.probe:  # at the threads of one worker, alone on the machine
-            if args.workers > 1:
-                os.environ.update(thread_environment(max(1, os.cpu_count() // args.workers)))
+            hold_to_one_worker(args.workers)
             _quiet_tensorflow()
             from tf_sogclr.data import offline
             offline.prepare(study.dataset, study.data_dir)
@@ -726,9 +718,8 @@ def main(argv=None):
             rates = builtin_rates()
             source = "built-in: one one-thread run alone on a quiet 2-core machine"
         if args.workers > 1:
-            rates["examples_per_s"] = {b: r * SIDE_BY_SIDE
-                                       for b, r in rates["examples_per_s"].items()}
-            source += f", x {SIDE_BY_SIDE} for runs side by side"
+            rates["examples_per_s"] = side_by_side(rates["examples_per_s"], args.workers)
+            source += ", less 3% for runs side by side"
         print_plan(study, runs, rates, done, source, args.workers)
         return 0
 

@@ -17,6 +17,7 @@ examples/s; batch 256: 1,328 against 838), so two single-threaded runs side by s
 (measured: 563 + 531 and 812 + 811 examples/s; bench/README.md, "Studies on both cores").
 """
 
+import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -157,10 +158,52 @@ def print_run_estimates(runs, done, estimate_s, budget_s, margin, workers=1):
     return left
 
 
+# Runs side by side by default (--workers), and the rate each of two one-thread runs keeps
+# beside the other, as a fraction of its rate alone (measured at the small-batch study's
+# shape: 563 + 531 against 562 alone at batch 16, 812 + 811 against 838 at batch 256).
+WORKERS = 2
+SIDE_BY_SIDE = 0.97
+
+
+def _workers(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1, got {value}")
+    return value
+
+
+def add_workers_flag(parser):
+    """`--workers`: how many runs go side by side (`run_pending`)."""
+    parser.add_argument(
+        "--workers", type=_workers, default=WORKERS,
+        help="runs side by side, each in its own process with os.cpu_count() // workers "
+             "threads; 1: one after the other in this process, all threads (default "
+             f"{WORKERS}: on 2 cores, two one-thread runs train 1.2-1.8x more examples per "
+             "second than one two-thread run)")
+
+
+def worker_threads(workers):
+    """Threads of each of `workers` processes side by side: os.cpu_count() // workers."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def thread_environment(threads):
     """Environment variables that hold a TensorFlow process to `threads` threads for its ops
     (intra-op) and for running independent ops (inter-op); set before TensorFlow starts."""
     return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
+
+
+def hold_to_one_worker(workers):
+    """Before TensorFlow starts: this process gets one worker's threads (for probes that
+    measure what a worker will run at); nothing for one worker."""
+    if workers > 1:
+        os.environ.update(thread_environment(worker_threads(workers)))
+
+
+def side_by_side(examples_per_s, workers):
+    """{batch: examples/s} of runs alone -> of each run with `workers` side by side."""
+    factor = SIDE_BY_SIDE if workers > 1 else 1.0
+    return {batch: rate * factor for batch, rate in examples_per_s.items()}
 
 
 def _start_worker(threads):
@@ -192,7 +235,7 @@ def run_pending(runs, done, execute, records, jsonl, write_outputs, describe, wo
         for i, run in enumerate(todo, 1):
             finished(i, run, execute(run))
     elif todo:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = worker_threads(workers)
         with concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker, initargs=(threads,),

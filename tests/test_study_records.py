@@ -69,3 +69,17 @@ def test_a_failed_run_stops_the_study_and_keeps_finished_records(tmp_path):
     written = study_records.read_records(str(tmp_path / "runs.jsonl"))
     assert "b" not in {r["run"] for r in written}
     assert {r["run"] for r in written} <= {"a", "c", "d"}
+
+
+def test_side_by_side_rates_and_one_workers_threads(monkeypatch):
+    assert study_records.side_by_side({16: 100.0, 64: 200.0}, 1) == {16: 100.0, 64: 200.0}
+    assert study_records.side_by_side({16: 100.0}, 2) == {16: 100.0 * study_records.SIDE_BY_SIDE}
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores it after the test
+        monkeypatch.delenv(name)
+    study_records.hold_to_one_worker(1)
+    assert "TF_NUM_INTRAOP_THREADS" not in os.environ
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    study_records.hold_to_one_worker(2)
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == os.environ["TF_NUM_INTEROP_THREADS"] == "4"
+    assert study_records.worker_threads(16) == 1
