@@ -560,7 +560,7 @@ def write_plot(path, records, study):
             "supervised": ("k", ":", "supervised")}
     for ax, key, title in zip(axes, ("linear_top1", "knn_top1"),
                               ("linear probe top-1", "k-NN top-1 (k=200)")):
-        batches = set()
+        batches, shown = set(), []  # the y values the axis must hold
         for method, (color, marker, label) in styles.items():
             points = sorted((b, summarise([r[key] for r in rs]))
                             for (m, b), rs in grouped.items() if m == method)
@@ -568,16 +568,29 @@ def write_plot(path, records, study):
                 continue
             xs = [b for b, _ in points]
             batches.update(xs)
-            ax.errorbar(xs, [100 * s[0] for _, s in points],
-                        yerr=[100 * (s[1] or 0.0) for _, s in points], color=color,
-                        marker=marker, capsize=4, label=label)
-        for method, (color, style, label) in refs.items():
+            ys = [100 * s[0] for _, s in points]
+            errors = [100 * (s[1] or 0.0) for _, s in points]
+            shown += [y - e for y, e in zip(ys, errors)] + [y + e for y, e in zip(ys, errors)]
+            ax.errorbar(xs, ys, yerr=errors, color=color, marker=marker, capsize=4,
+                        label=label)
+        lines = {}
+        for method in refs:
             rs = [r for (m, _), v in grouped.items() if m == method for r in v]
-            mean, std, n = summarise([r[key] for r in rs])
+            lines[method] = summarise([r[key] for r in rs])
+        # The axis spans the methods, raw pixels and the supervised reference, so that the
+        # gaps to the floor stay visible (random weights far below are named in the legend),
+        # with room above them for the legend.
+        shown += [100 * lines[m][0] for m in ("raw_pixels", "supervised") if lines[m][0]]
+        low, high = (min(shown) - 1.0, max(shown) + 1.0) if shown else (0.0, 100.0)
+        high += 0.6 * (high - low)
+        for method, (color, style, label) in refs.items():
+            mean, std, n = lines[method]
             if mean is not None:
                 spread = f" ± {100 * std:.1f}" if std is not None else ""
+                below = " (below the axis)" if 100 * mean < low else ""
                 ax.axhline(100 * mean, color=color, linestyle=style,
-                           label=f"{label}: {100 * mean:.1f}{spread} (n={n})")
+                           label=f"{label}: {100 * mean:.1f}{spread} (n={n}){below}")
+        ax.set_ylim(low, high)
         batch_size_axis(ax, batches, "test top-1 (%)", title)
     fig.suptitle(f"Fashion-MNIST, ResNet-{study.resnet_depth} x{study.width_multiplier:g}, "
                  f"{study.image_size}px, {study.epochs} epochs on {study.pretrain_images} "
