@@ -31,9 +31,10 @@ losses take the same step at one learning rate; SogCLR's gamma, 0.9 and constant
 
 What a run does: `tf_sogclr.training.lifecycle.pretrain` with a `config.BimodalConfig`, then
 the bimodal modality's evaluation (`training.modalities.Bimodal.evaluate`, as run.py's).
-Runs execute one after the other in one process: every batch size at the first seed (both
-losses, both sets), then the extra seeds at `--multi_seed_batches`, so a partial study is
-usable. Resumable as the small-batch study is: a run whose (set, method, batch size, seed,
+Runs execute two at a time, each in a fresh one-thread worker process (`--workers`,
+study_records.run_pending; `--workers 1`: one after the other in this process), in this
+order: every batch size at the first seed (both losses, both sets), then the extra seeds at
+`--multi_seed_batches`, so a partial study is usable. Resumable as the small-batch study is: a run whose (set, method, batch size, seed,
 config_id) is in `runs.jsonl` is skipped.
 
 Outputs under --results_dir: `runs.jsonl` (one record per run: `set`, `method`,
@@ -55,6 +56,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import os
 import shutil
 import sys
@@ -66,10 +68,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench.study_records import (add_dataclass_flags, batch_size_axis,  # noqa: E402
-                                 dataclass_from_args, drop_checkpoints, format_mean_std,
-                                 git_commit, print_run_estimates, read_records, run_pending,
-                                 settings_id, summarise, write_atomically)
+from bench.study_records import (add_dataclass_flags, add_workers_flag,  # noqa: E402
+                                 batch_size_axis, dataclass_from_args, drop_checkpoints,
+                                 format_mean_std, git_commit, hold_to_one_worker,
+                                 print_run_estimates, read_records, run_pending, settings_id,
+                                 side_by_side, summarise, write_atomically)
 
 METHODS = ("sogclr", "clip")
 LOSS_OF_METHOD = {"sogclr": "sogclr", "clip": "simclr"}  # run.py's --loss (InfoNCE: simclr)
@@ -85,14 +88,18 @@ JSONL, TABLE, PLOT = "runs.jsonl", "results.md", "bimodal.png"
 BUDGET_S, MARGIN = 5400.0, 0.15
 
 # Costs for --plan without --probe: {set: {"examples_per_s": {batch: rate}, "overhead_s",
-# "eval_s"}}: medians over the 32 runs of the study of 2026-12-06 (AMD EPYC, 2 cores; 48 min,
-# README), each run's training examples over its training time less a fixed cost of 12 s
-# (what `--probe` had measured: 11-14 s). At them the 40 runs take ~61 min at 5 epochs.
+# "eval_s"}}: one run in a one-thread worker process alone, `--plan --probe --workers 2` on
+# 2026-12-06 (AMD EPYC, 2 cores, load 1.0-1.9); the plan takes study_records.SIDE_BY_SIDE of
+# them for each of two runs side by side. One thread is about as fast as the two of one
+# process was (the study's own runs of 2026-12-06 in one process: 604 / 857 / 994 / 904
+# examples/s on the templates, 581 / 666 / 894 / 694 on the mosaics). The mosaics' 467 at
+# batch 64 is low against its neighbours (the probe's load was 1.3). At these rates the 40
+# runs take ~31 min at 5 epochs on two workers; they took 58.6 min of run time in one process.
 BUILTIN_RATES = {
-    "templates": {"examples_per_s": {32: 604.0, 64: 857.0, 128: 994.0, 256: 904.0},
-                  "overhead_s": 12.0, "eval_s": 6.0},
-    "mosaics": {"examples_per_s": {32: 581.0, 64: 666.0, 128: 894.0, 256: 694.0},
-                "overhead_s": 12.0, "eval_s": 6.0},
+    "templates": {"examples_per_s": {32: 686.0, 64: 734.0, 128: 794.0, 256: 880.0},
+                  "overhead_s": 11.0, "eval_s": 4.0},
+    "mosaics": {"examples_per_s": {32: 741.0, 64: 467.0, 128: 871.0, 256: 609.0},
+                "overhead_s": 13.0, "eval_s": 6.0},
 }
 
 
@@ -314,7 +321,7 @@ def probe(study, sets, batch_sizes, examples=(2048, 8192)):
     return rates
 
 
-def print_plan(study, runs, rates, done, source):
+def print_plan(study, runs, rates, done, source, workers):
     print("Configuration:")
     for key, value in dataclasses.asdict(study).items():
         print(f"  {key} = {value}")
@@ -326,7 +333,7 @@ def print_plan(study, runs, rates, done, source):
             f"{cost['eval_s']:.0f} s")
     print_run_estimates(runs, done,
                         lambda run, epochs=None: estimate_s(run, study, rates, epochs),
-                        BUDGET_S, MARGIN)
+                        BUDGET_S, MARGIN, workers)
 
 
 # --------------------------------------------------------------------------- results
@@ -464,6 +471,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=_ints, default=None, help="default 0,1,2 (--quick: 0)")
     p.add_argument("--multi_seed_batches", type=_ints, default=None,
                    help=f"default {','.join(map(str, MULTI_SEED_BATCHES))}")
+    add_workers_flag(p)
     add_dataclass_flags(p, Study, QUICK, skip=("data_dir",))
     args = p.parse_args(argv)
     for name, choices in (("sets", SETS), ("methods", METHODS)):
@@ -497,7 +505,8 @@ def main(argv=None):
     done = done_runs(records, study)
 
     if args.plan:
-        if args.probe:
+        if args.probe:  # at the threads of one worker, alone on the machine
+            hold_to_one_worker(args.workers)
             from tf_sogclr.data import offline
             for set_name in args.sets:
                 offline.prepare(DATASET_OF_SET[set_name], study.data_dir)
@@ -505,7 +514,11 @@ def main(argv=None):
             source = f"measured here just now, load average {os.getloadavg()[0]:.1f}"
         else:
             rates, source = BUILTIN_RATES, "built in, measured with --probe on 2026-12-06"
-        print_plan(study, runs, rates, done, source)
+        if args.workers > 1:
+            rates = {set_name: dict(cost, examples_per_s=side_by_side(
+                cost["examples_per_s"], args.workers)) for set_name, cost in rates.items()}
+            source += ", less 3% for runs side by side"
+        print_plan(study, runs, rates, done, source, args.workers)
         return 0
 
     from tf_sogclr.data import offline
@@ -518,9 +531,10 @@ def main(argv=None):
         write_table(os.path.join(args.results_dir, TABLE), records, study, command)
         write_plot(os.path.join(args.results_dir, PLOT), records, study)
 
-    run_pending(runs, done, lambda run: execute(study, run, args.results_dir), records, jsonl,
-                write_outputs,
-                lambda r: f"{PRIMARY_METRIC[r['set']]} {100 * r['score']:.1f}")
+    run_pending(runs, done, functools.partial(execute, study, results_dir=args.results_dir),
+                records, jsonl, write_outputs,
+                lambda r: f"{PRIMARY_METRIC[r['set']]} {100 * r['score']:.1f}",
+                workers=args.workers)
     print(f"Table: {os.path.join(args.results_dir, TABLE)}\n"
           f"Plot: {os.path.join(args.results_dir, PLOT)}")
     return 0

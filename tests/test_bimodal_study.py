@@ -36,6 +36,7 @@ def test_quick_study_writes_records_table_plot_and_resumes(image_text_dir, tmp_p
         ("mosaics", "clip", 32, 0), ("mosaics", "sogclr", 32, 0),
         ("templates", "clip", 32, 0), ("templates", "sogclr", 32, 0)]
     for r in records:
+        assert r["workers"] == 2  # the default: two runs side by side
         scores = r["scores"]
         for direction in ("image_to_text", "text_to_image"):
             recall = [scores[f"{direction}_recall@{k}"] for k in (1, 5, 10)]
