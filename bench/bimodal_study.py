@@ -34,8 +34,8 @@ the bimodal modality's evaluation (`training.modalities.Bimodal.evaluate`, as ru
 Runs execute two at a time, each in a fresh one-thread worker process (`--workers`,
 study_records.run_pending; `--workers 1`: one after the other in this process), in this
 order: every batch size at the first seed (both losses, both sets), then the extra seeds at
-`--multi_seed_batches`, so a partial study is usable. Resumable as the small-batch study is: a run whose (set, method, batch size, seed,
-config_id) is in `runs.jsonl` is skipped.
+`--multi_seed_batches`, so a partial study is usable. Resumable as the small-batch study
+is: a run whose (set, method, batch size, seed, config_id) is in `runs.jsonl` is skipped.
 
 Outputs under --results_dir: `runs.jsonl` (one record per run: `set`, `method`,
 `batch_size`, `seed`, `score` (the set's primary metric), `scores` (every metric of the

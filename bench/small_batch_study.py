@@ -122,11 +122,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from bench.study_records import (add_dataclass_flags, add_workers_flag,  # noqa: E402
-                                 batch_size_axis,
-                                 dataclass_from_args, drop_checkpoints, format_mean_std,
-                                 git_commit, hold_to_one_worker, print_run_estimates,
-                                 read_records, run_pending, settings_id, side_by_side,
-                                 summarise, write_atomically)
+                                 batch_size_axis, dataclass_from_args, drop_checkpoints,
+                                 format_mean_std, git_commit, hold_to_one_worker,
+                                 print_run_estimates, read_records, run_pending, settings_id,
+                                 side_by_side, summarise, write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
