@@ -125,7 +125,8 @@ from bench.study_records import (add_dataclass_flags, add_workers_flag,  # noqa:
                                  batch_size_axis, dataclass_from_args, drop_checkpoints,
                                  format_mean_std, git_commit, hold_to_one_worker,
                                  print_run_estimates, read_records, run_pending, settings_id,
-                                 side_by_side, summarise, write_atomically)
+                                 SIDE_BY_SIDE, side_by_side, summarise,
+                                 write_atomically)
 
 CONTRASTIVE = ("simclr", "sogclr")
 REFERENCES = ("raw_pixels", "random", "supervised")
@@ -731,7 +732,7 @@ def main(argv=None):
             source = "built-in: one one-thread run alone on a quiet 2-core machine"
         if args.workers > 1:
             rates["examples_per_s"] = side_by_side(rates["examples_per_s"], args.workers)
-            source += ", less 3% for runs side by side"
+            source += f", x {SIDE_BY_SIDE} each for runs side by side"
         print_plan(study, runs, rates, done, source, args.workers)
         return 0
 
