@@ -115,7 +115,7 @@ class Study:
     mosaics_image_size: int = 28  # the 56x56 mosaics resized: 14x14 per item
     mosaics_crop_area_min: float = 0.6  # keeps part of every item in view
     width_multiplier: float = 0.125
-    epochs: int = 5
+    epochs: int = 10  # 5 left SogCLR's u a visit behind on the mosaics (README)
     temperature: float = 0.03  # initial value of the learnable temperature
     learnable_temperature: int = 1
     temperature_learning_rate: float = 0.0  # log tau's own peak; 0: the model's
