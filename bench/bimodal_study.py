@@ -45,7 +45,7 @@ loss and batch size; SogCLR − CLIP per batch size against the larger seed spre
 `bimodal.png` (primary metric against batch size, one panel per set).
 
 The plan (`--plan`) estimates each run from examples/s, a fixed cost per run and an
-evaluation cost per set: built in (BUILTIN_RATES, measured with `--plan --probe` on the date
+evaluation cost per set: built in (BUILTIN_RATES, from the study's own runs on the date
 noted there) or measured here with `--probe` (two short pretraining runs per set and batch
 size, whose difference gives the rate and whose remainder the fixed cost, and one
 evaluation per set; about 5 minutes).
@@ -89,18 +89,19 @@ JSONL, TABLE, PLOT = "runs.jsonl", "results.md", "bimodal.png"
 BUDGET_S, MARGIN = 5400.0, 0.15
 
 # Costs for --plan without --probe: {set: {"examples_per_s": {batch: rate}, "overhead_s",
-# "eval_s"}}: one run in a one-thread worker process alone, `--plan --probe --workers 2` on
-# 2026-12-06 (AMD EPYC, 2 cores, load 1.0-1.9); the plan takes study_records.SIDE_BY_SIDE of
-# them for each of two runs side by side. One thread is about as fast as the two of one
-# process was (the study's own runs of 2026-12-06 in one process: 604 / 857 / 994 / 904
-# examples/s on the templates, 581 / 666 / 894 / 694 on the mosaics). The mosaics' 467 at
-# batch 64 is low against its neighbours (the probe's load was 1.3). At these rates the 40
-# runs take ~31 min at 5 epochs on two workers; they took 58.6 min of run time in one process.
+# "eval_s"}}, as one run in a one-thread worker process alone would give them; the plan takes
+# study_records.SIDE_BY_SIDE of them for each of two runs side by side. From the study's own
+# 40 runs of 2026-12-06 at 10 epochs, two at a time (AMD EPYC, 2 cores): per set and batch
+# size the median of examples / (train_s - overhead_s), over SIDE_BY_SIDE; the fixed costs
+# from `--plan --probe --workers 2` that day (11 s, 13 s), the evaluations' medians. Side by
+# side, runs were slower than the probe's one run alone predicted (460-720 examples/s against
+# its 686-880 x SIDE_BY_SIDE): one run of each pair took ~160 s and the other ~220 s. The 40
+# runs' times add up to 129.2 min, ~65 min on two workers; the plan at these rates says so.
 BUILTIN_RATES = {
-    "templates": {"examples_per_s": {32: 686.0, 64: 734.0, 128: 794.0, 256: 880.0},
-                  "overhead_s": 11.0, "eval_s": 4.0},
-    "mosaics": {"examples_per_s": {32: 741.0, 64: 467.0, 128: 871.0, 256: 609.0},
-                "overhead_s": 13.0, "eval_s": 6.0},
+    "templates": {"examples_per_s": {32: 550.0, 64: 507.0, 128: 740.0, 256: 710.0},
+                  "overhead_s": 11.0, "eval_s": 6.0},
+    "mosaics": {"examples_per_s": {32: 552.0, 64: 588.0, 128: 606.0, 256: 714.0},
+                "overhead_s": 13.0, "eval_s": 8.0},
 }
 
 
@@ -514,7 +515,7 @@ def main(argv=None):
             rates = probe(study, args.sets, batch_sizes)
             source = f"measured here just now, load average {os.getloadavg()[0]:.1f}"
         else:
-            rates, source = BUILTIN_RATES, "built in, measured with --probe on 2026-12-06"
+            rates, source = BUILTIN_RATES, "built in, from the study's runs of 2026-12-06"
         if args.workers > 1:
             rates = {set_name: dict(cost, examples_per_s=side_by_side(
                 cost["examples_per_s"], args.workers)) for set_name, cost in rates.items()}
