@@ -95,7 +95,7 @@ BUDGET_S, MARGIN = 5400.0, 0.15
 # size the median of examples / (train_s - overhead_s), over SIDE_BY_SIDE; the fixed costs
 # from `--plan --probe --workers 2` that day (11 s, 13 s), the evaluations' medians. Side by
 # side, runs were slower than the probe's one run alone predicted (460-720 examples/s against
-# its 686-880 x SIDE_BY_SIDE): one run of each pair took ~160 s and the other ~220 s. The 40
+# its 467-880 x SIDE_BY_SIDE): one run of each pair took ~160 s and the other ~220 s. The 40
 # runs' times add up to 129.2 min, ~65 min on two workers; the plan at these rates says so.
 BUILTIN_RATES = {
     "templates": {"examples_per_s": {32: 550.0, 64: 507.0, 128: 740.0, 256: 710.0},
@@ -116,7 +116,7 @@ class Study:
     mosaics_image_size: int = 28  # the 56x56 mosaics resized: 14x14 per item
     mosaics_crop_area_min: float = 0.6  # keeps part of every item in view
     width_multiplier: float = 0.125
-    epochs: int = 10  # 5 left SogCLR's u a visit behind on the mosaics (README)
+    epochs: int = 10  # at 5 both losses were far from trained (README)
     temperature: float = 0.03  # initial value of the learnable temperature
     learnable_temperature: int = 1
     temperature_learning_rate: float = 0.0  # log tau's own peak; 0: the model's
