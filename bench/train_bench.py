@@ -2,9 +2,11 @@
 
     python bench/train_bench.py [--steps 40 --batch 128 --width 0.25]
     python bench/train_bench.py --case=train   # one measurement: a JSON line (bench/alternate.py)
+    python bench/train_bench.py --case=train --cpu_replicas=2 --global_bn=0  # one step
+        # split over two logical CPUs (MirroredStrategy), one thread per replica on 2 cores
 
 * `train_examples_per_s` (loss=sogclr and loss=simclr): small-stem ResNet-18 train steps
-  on 32x32x3 batches already in memory, as `run.py` runs them (`training.loop`'s loop with
+  on 32x32x3 batches (`--image_size`, `--channels`) already in memory, as `run.py` runs them (`training.loop`'s loop with
   the step guard's diagnostics, run.py's steps per execution, logs and report read back
   after every execution), with CPU-seconds per example (all threads);
 * `train_sogclr_over_simclr_throughput`: their ratio, same run (target >= 0.97);
@@ -61,28 +63,46 @@ def _tiny_rgb_dataset(data_dir, num_examples=4096):
     return "bench_rgb32"
 
 
-def benchmark_model(loss, batch, width, image_shape, jit):
-    """The product's SogCLR model (run.py's builder) for batches of `image_shape`."""
+def benchmark_model(loss, batch, width, image_shape, jit, num_replicas=1, global_bn=True):
+    """The product's SogCLR model (run.py's builder) for batches of `image_shape`; call it in
+    the strategy's scope when `num_replicas` > 1."""
     from tf_sogclr import config
     from tf_sogclr.data import DatasetInfo
     from tf_sogclr.training import modalities
     cfg = config.PretrainConfig(
         data=config.DataConfig(image_size=image_shape[0]),
-        model=config.ModelConfig(width_multiplier=width),
+        model=config.ModelConfig(width_multiplier=width, global_bn=global_bn),
         loss=config.LossConfig(loss=loss),
         run=config.RunConfig(train_batch_size=batch, train_steps=1000, jit_compile=jit))
     info = DatasetInfo(name="bench", full_name="bench/1.0.0", split="train", base_split="train",
                        num_examples=50_000, num_split_examples=50_000, num_classes=10,
                        image_shape=image_shape, shard_lengths=(50_000,))
-    return modalities.build_sogclr_model(cfg, info, num_replicas=1)
+    return modalities.build_sogclr_model(cfg, info, num_replicas=num_replicas)
 
 
-def execution_function(model, iterator, steps_per_execution, jit):
+def cpu_replica_strategy(num_replicas):
+    """MirroredStrategy over `num_replicas` logical CPU devices of this host, each op on
+    cores // num_replicas threads and `num_replicas` ops at once (data parallelism across
+    cores, not across accelerators); the default strategy for 1. Call before TensorFlow
+    initialises."""
+    import tensorflow as tf
+    if num_replicas == 1:
+        return tf.distribute.get_strategy()
+    cores = len(os.sched_getaffinity(0))
+    tf.config.threading.set_intra_op_parallelism_threads(max(1, cores // num_replicas))
+    tf.config.threading.set_inter_op_parallelism_threads(num_replicas)
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_replicas)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(num_replicas)])
+
+
+def execution_function(model, iterator, steps_per_execution, jit, strategy=None):
     """One execution of `steps_per_execution` train steps as `loop.run_schedule` runs it:
     the loop with the step guard's diagnostics, its logs and report read back on the host."""
     import tensorflow as tf
     from tf_sogclr.training import loop as training_loop
-    loop = training_loop.train_loop_function(model, tf.distribute.get_strategy(),
+    loop = training_loop.train_loop_function(model, strategy or tf.distribute.get_strategy(),
                                              jit_compile=jit, diagnostics=True)
     n = tf.constant(steps_per_execution, tf.int32)
 
@@ -96,9 +116,9 @@ def execution_function(model, iterator, steps_per_execution, jit):
     return execution
 
 
-def _time_loop(model, iterator, steps, steps_per_execution, jit):
+def _time_loop(model, iterator, steps, steps_per_execution, jit, strategy=None):
     """Wall and CPU seconds (all threads) of >= `steps` steps: (wall, cpu, steps)."""
-    execution = execution_function(model, iterator, steps_per_execution, jit)
+    execution = execution_function(model, iterator, steps_per_execution, jit, strategy)
     execution()  # trace, compile, warm up
     execution()
     wall, cpu = time.perf_counter(), time.process_time()
@@ -109,23 +129,29 @@ def _time_loop(model, iterator, steps, steps_per_execution, jit):
     return time.perf_counter() - wall, time.process_time() - cpu, done
 
 
-def constant_batches(batch, image_shape=(32, 32, 3)):
+def constant_batches(batch, image_shape=(32, 32, 3), strategy=None):
     """An iterator repeating one batch of two random views of `image_shape`, indices
-    0..batch-1."""
+    0..batch-1 (split over `strategy`'s replicas when given)."""
     import tensorflow as tf
     gen = tf.random.Generator.from_seed(0)
     batch = {"view1": gen.uniform((batch, *image_shape)),
              "view2": gen.uniform((batch, *image_shape)),
              "index": tf.range(batch, dtype=tf.int32),
              "label": tf.zeros((batch,), tf.int64)}
-    return iter(tf.data.Dataset.from_tensors(batch).repeat())
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    return iter(strategy.experimental_distribute_dataset(dataset) if strategy else dataset)
 
 
 def case_train(args):
-    model = benchmark_model(args.loss, args.batch, args.width, (32, 32, 3), args.jit)
-    iterator = constant_batches(args.batch)
-    return _speeds(*_time_loop(model, iterator, args.steps, args.steps_per_execution, args.jit),
-                   args.batch)
+    shape = (args.image_size, args.image_size, args.channels)
+    strategy = cpu_replica_strategy(args.cpu_replicas)
+    with strategy.scope():
+        model = benchmark_model(args.loss, args.batch, args.width, shape, args.jit,
+                                args.cpu_replicas, bool(args.global_bn))
+    iterator = constant_batches(args.batch, shape, strategy if args.cpu_replicas > 1 else None)
+    return {**_speeds(*_time_loop(model, iterator, args.steps, args.steps_per_execution,
+                                  args.jit, strategy), args.batch),
+            "replicas": strategy.num_replicas_in_sync}
 
 
 def _speeds(seconds, cpu_seconds, steps, batch):
@@ -196,12 +222,32 @@ def main():
     parser.add_argument("--loss", default="sogclr", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", default="fashion_mnist", help=argparse.SUPPRESS)
     parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--image_size", type=int, default=32, help="--case=train's images")
+    parser.add_argument("--channels", type=int, default=3, help="--case=train's images")
+    parser.add_argument("--cpu_replicas", type=int, default=1,
+                        help="--case=train: MirroredStrategy over this many logical CPUs")
+    parser.add_argument("--global_bn", type=int, default=1, choices=(0, 1),
+                        help="--case=train with replicas: synchronised batch norm (run.py's "
+                             "--global_bn) or each replica's own")
     args = parser.parse_args()
+    for name in ("image_size", "channels", "cpu_replicas"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be an integer >= 1, got {getattr(args, name)}.")
+    if args.batch % args.cpu_replicas:
+        parser.error(f"--batch ({args.batch}) must be a multiple of --cpu_replicas "
+                     f"({args.cpu_replicas}).")
+    if args.cpu_replicas > 1 and args.case != "train":
+        parser.error("--cpu_replicas > 1 needs --case=train (the full bench compares "
+                     "one-device steps).")
+    if args.jit and args.cpu_replicas > 1:
+        parser.error("--jit needs --cpu_replicas=1 (XLA cannot compile a step that holds "
+                     "cross-replica collectives on CPU).")
     if args.case:
         print(json.dumps(CASES[args.case](args)))
         return
 
-    common = {"batch": args.batch, "width": args.width, "depth": 18, "image": "32x32x3"}
+    common = {"batch": args.batch, "width": args.width, "depth": 18,
+              "image": f"{args.image_size}x{args.image_size}x{args.channels}"}
     sogclr = _sub(args, "train", loss="sogclr")
     simclr = _sub(args, "train", loss="simclr")
     jit = _sub(args, "train", loss="sogclr", jit=True)

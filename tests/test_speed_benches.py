@@ -84,6 +84,28 @@ def test_train_bench_case_train_prints_its_speeds():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["examples_per_s"] > 0 and result["cpu_seconds_per_example"] > 0
     assert abs(result["seconds_per_step"] * result["examples_per_s"] - 8) < 1e-6
+    assert result["replicas"] == 1
+
+
+def test_train_bench_case_train_splits_the_step_over_cpu_replicas():
+    done = bench_scripts.succeeded(bench_scripts.run_script(
+        "train_bench", "--case=train", "--batch=8", "--width=0.0625", "--steps=2",
+        "--image_size=16", "--channels=1", "--cpu_replicas=2", "--global_bn=0", timeout=300))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["examples_per_s"] > 0 and result["cpu_seconds_per_example"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cpu_replicas=0"], "--cpu_replicas must be an integer >= 1, got 0."),
+    (["--image_size=0"], "--image_size must be an integer >= 1, got 0."),
+    (["--batch=9", "--cpu_replicas=2"], "--batch (9) must be a multiple of --cpu_replicas (2)."),
+    (["--jit", "--cpu_replicas=2"], "--jit needs --cpu_replicas=1"),
+    (["--case=pipeline", "--cpu_replicas=2"], "--cpu_replicas > 1 needs --case=train"),
+])
+def test_train_bench_refuses_bad_arguments_naming_them(args, message):
+    done = bench_scripts.run_script("train_bench", "--case=train", *args, timeout=60)
+    assert done.returncode == 2 and message in done.stderr
 
 
 step_profile = bench_scripts.module_fixture("step_profile")
