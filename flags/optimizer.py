@@ -14,7 +14,9 @@ flags.DEFINE_enum("learning_rate_scaling", DEFAULT_JOB.optimizer.learning_rate_s
                   "linear: lr * batch / 256; sqrt: lr * sqrt(batch).")
 flags.DEFINE_float("momentum", DEFAULT_JOB.optimizer.momentum, "Momentum in [0, 1).")
 flags.DEFINE_float("weight_decay", DEFAULT_JOB.optimizer.weight_decay,
-                   "L2 weight decay (as SimCLR: inside LARS).")
+                   "Weight decay: inside LARS (the linear head's through the loss, as "
+                   "SimCLR) and AdamW (decoupled, the head's too); through the loss (L2) for "
+                   "momentum and adam.")
 flags.DEFINE_float("warmup_epochs", DEFAULT_JOB.optimizer.warmup_epochs,
                    "Linear learning-rate warm-up, in epochs.")
 flags.DEFINE_integer("train_epochs", DEFAULT_JOB.run.train_epochs,

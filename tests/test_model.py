@@ -132,6 +132,8 @@ def test_sgd_weight_decay_goes_through_the_loss():
     lars = tiny.sogclr_model(optimizer="lars", weight_decay=1e-3)
     lars_logs = lars.train_step(tiny.view_batch())
     assert 0 < lars_logs["weight_decay_loss"] < logs["weight_decay_loss"]  # linear head only
+    adamw = tiny.sogclr_model(optimizer="adamw", weight_decay=1e-3)
+    assert float(adamw.train_step(tiny.view_batch())["weight_decay_loss"]) == 0.0  # decoupled
 
 
 def test_local_batch_norm_statistics_agree_across_replicas(mirrored_strategy):

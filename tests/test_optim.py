@@ -410,7 +410,11 @@ def test_build_optimizer_choices_and_errors():
     assert isinstance(adam, keras.optimizers.Adam) and adam.weight_decay is None
     adamw = optim.build_optimizer("adamw", 1e-3, weight_decay=0.1)
     assert isinstance(adamw, optim.AdamW) and adamw.weight_decay == 0.1
-    assert adamw.weight_decay_excludes == optim.DEFAULT_EXCLUDES
+    assert adamw.weight_decay_excludes == optim.ADAMW_EXCLUDES
+    assert optim.weight_decay_excludes("lars", ("x",)) == optim.DEFAULT_EXCLUDES + ("x",)
+    assert optim.weight_decay_excludes("adamw") == ("batch_norm", "bias")
+    assert optim.weight_decay_excludes("momentum", ("x",)) == ("x",)
+    assert optim.weight_decay_excludes("adam") == ()
     assert optim.weight_decay_in_optimizer("lars") and optim.weight_decay_in_optimizer("adamw")
     assert not optim.weight_decay_in_optimizer("momentum")
     assert not optim.weight_decay_in_optimizer("adam")
@@ -452,11 +456,31 @@ def test_l2_weight_decay_loss_excludes_batch_norm_and_weight_decay_loss_policy()
 
     for name in ("momentum", "adam"):
         assert float(optim.weight_decay_loss(name, variables, 1e-2)) == pytest.approx(expected)
-    # LARS and AdamW decay in the optimiser; only the supervised head's kernel stays for the
-    # loss.
-    for name in ("lars", "adamw"):
-        term = float(optim.weight_decay_loss(name, variables, 1e-2))
-        assert term == pytest.approx(1e-2 * half_sq["model/head_supervised/kernel"])
+    # LARS decays in the optimiser; only the supervised head's kernel stays for the loss
+    # (SimCLR). AdamW decays the head too, so nothing is left for the loss.
+    term = float(optim.weight_decay_loss("lars", variables, 1e-2))
+    assert term == pytest.approx(1e-2 * half_sq["model/head_supervised/kernel"])
+    assert float(optim.weight_decay_loss("adamw", variables, 1e-2)) == 0.0
+
+
+def test_adamw_decays_the_supervised_head_but_not_batch_norm_or_biases():
+    """One AdamW step with zero gradients is its decoupled decay alone: w -= lr * wd * w on
+    the encoder's and the supervised head's kernels, nothing on batch norm and biases."""
+    model = keras.Sequential([keras.layers.Dense(3, name="encoder_dense"),
+                              keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2, name="head_supervised")], name="model")
+    model.build((None, 4))
+    variables = model.trainable_variables
+    for v in variables:
+        v.assign(np.ones(v.shape, "float32"))
+    optimizer = optim.build_optimizer("adamw", 0.1, weight_decay=0.5)
+    optimizer.apply([keras.ops.zeros(v.shape) for v in variables], variables)
+    for v in variables:
+        decayed = "kernel" in v.path and "batch_normalization" not in v.path
+        np.testing.assert_allclose(v.numpy(), 1.0 - 0.1 * 0.5 if decayed else 1.0,
+                                   rtol=1e-6, err_msg=v.path)
+    assert {v.path for v in variables if "kernel" in v.path} == {
+        "model/encoder_dense/kernel", "model/head_supervised/kernel"}
 
 
 @pytest.mark.parametrize("name", config.OPTIMIZERS)

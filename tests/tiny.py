@@ -105,7 +105,8 @@ def dual_encoder(loss="sogclr", learnable=False, global_bn=False, kind="transfor
         temperature_objective=temperature_objective, weight_decay=1e-4)
     model.compile(optimizer=optim.build_optimizer(
         optimizer, learning_rate, weight_decay=1e-4,
-        exclude_from_weight_decay=optim.DEFAULT_EXCLUDES + model_lib.NO_DECAY_PATTERNS,
+        exclude_from_weight_decay=optim.weight_decay_excludes(optimizer,
+                                                              model_lib.NO_DECAY_PATTERNS),
         learning_rate_multipliers=learning_rate_multipliers))
     model.build((None, *IMAGE_SHAPE))
     model.optimizer.build(model.trainable_variables)

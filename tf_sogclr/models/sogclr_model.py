@@ -31,9 +31,9 @@ class SogCLRModel(contrastive_model.ContrastiveModel):
       projection_head: e.g. `ProjectionHead(...)`, features -> projections `[b, d]`.
       loss_layer: `losses.GlobalContrastiveLoss` (SogCLR) or `losses.NTXentLoss` (SimCLR).
       num_classes: classes of the linear head; None for no linear evaluation.
-      weight_decay: L2 weight decay as SimCLR applies it: inside LARS or AdamW (only the
-        linear head is decayed through the loss), or through the loss for other optimisers
-        (every variable but batch norm).
+      weight_decay: L2 weight decay as SimCLR applies it: inside LARS (the linear head
+        decayed through the loss) or AdamW (every kernel, the head's too, decoupled), or
+        through the loss for other optimisers (every variable but batch norm).
     """
 
     NONFINITE_TERMS = NONFINITE_TERMS  # What the diagnostics of a step report on.

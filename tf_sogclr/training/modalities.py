@@ -49,9 +49,10 @@ def _projection_head(cfg, num_replicas, name):
         name=name)
 
 
-def _compile_and_build(model, cfg, info, exclude_from_weight_decay=optim.DEFAULT_EXCLUDES,
+def _compile_and_build(model, cfg, info, exclude_from_weight_decay=None,
                        peak_learning_rates=None):
-    """Compiles `model` with the run's optimiser and builds it and its optimiser slots."""
+    """Compiles `model` with the run's optimiser and builds it and its optimiser slots
+    (`exclude_from_weight_decay` None: the optimiser's own, `optim.weight_decay_excludes`)."""
     schedule = loop.make_schedule(cfg, info)
     model.compile(optimizer=optim.build_scheduled_optimizer(
         cfg.optimizer, cfg.run.train_batch_size, schedule.steps_per_epoch,
@@ -255,7 +256,8 @@ def build_dual_encoder(cfg, info, tokenizer, num_replicas=1):
         weight_decay=cfg.optimizer.weight_decay, name="dual_encoder")
     own_rate = t.learnable_temperature_learning_rate
     return _compile_and_build(
-        model, cfg, info, optim.DEFAULT_EXCLUDES + dual_encoder.NO_DECAY_PATTERNS,
+        model, cfg, info,
+        optim.weight_decay_excludes(cfg.optimizer.optimizer, dual_encoder.NO_DECAY_PATTERNS),
         peak_learning_rates=(None if own_rate is None
                              else {dual_encoder.TEMPERATURE_PATTERN: own_rate}))
 

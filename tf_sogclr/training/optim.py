@@ -22,8 +22,14 @@ from tf_sogclr.training.learning_rate_multipliers import (PerVariableLearningRat
 # Keras default layer name); "batch_norm" also matches names like "batch_norm_1".
 BATCH_NORM_PATTERN = "batch_norm"
 SUPERVISED_HEAD_PATTERN = "head_supervised"
-# What SimCLR's LARS leaves out of weight decay and of layer adaptation.
+# What SimCLR's LARS leaves out of weight decay and of layer adaptation; under LARS the
+# supervised head is decayed through the loss instead (`weight_decay_loss`), as in SimCLR.
 DEFAULT_EXCLUDES = (BATCH_NORM_PATTERN, "bias", SUPERVISED_HEAD_PATTERN)
+# What AdamW leaves out of its decoupled decay: the supervised head decays with the other
+# weights. Through the loss its L2 gradient would pass Adam's normalisation, and at AdamW's
+# coefficients (0.1, against LARS's 1e-6) hold the head far nearer zero than the decoupled
+# decay holds any other weight.
+ADAMW_EXCLUDES = (BATCH_NORM_PATTERN, "bias")
 
 
 def _matches_any(path, patterns):
@@ -204,7 +210,8 @@ class LARS(PerVariableLearningRate, keras.optimizers.Optimizer):
 @keras.saving.register_keras_serializable(package="tf_sogclr")
 class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
     """Keras's AdamW (decoupled weight decay: each step also subtracts lr * weight_decay *
-    variable) with LARS's exclusions: regexes searched in each variable's `path`.
+    variable) with exclusions as regexes searched in each variable's `path` (default
+    `ADAMW_EXCLUDES`: batch norm and biases).
 
     Keras's own `exclude_from_weight_decay(var_names=...)` matches the short variable name
     ("kernel"), which cannot tell the supervised head from the encoder, nor a layer norm's
@@ -212,7 +219,7 @@ class AdamW(PerVariableLearningRate, keras.optimizers.AdamW):
     """
 
     def __init__(self, learning_rate, weight_decay=0.0,
-                 exclude_from_weight_decay=DEFAULT_EXCLUDES, learning_rate_multipliers=None,
+                 exclude_from_weight_decay=ADAMW_EXCLUDES, learning_rate_multipliers=None,
                  name="adamw", **kwargs):
         _check_hyperparameters(learning_rate, 0.0, weight_decay)
         super().__init__(learning_rate=_as_float_if_number(learning_rate),
@@ -317,6 +324,15 @@ def _check_optimizer_name(name):
         )
 
 
+def weight_decay_excludes(name, extra=()):
+    """The regexes optimizer `name` leaves out of its own weight decay, plus `extra`:
+    `DEFAULT_EXCLUDES` for "lars", `ADAMW_EXCLUDES` for "adamw"; "momentum" and "adam" decay
+    nothing themselves (`weight_decay_loss`), so only `extra`."""
+    _check_optimizer_name(name)
+    own = {"lars": DEFAULT_EXCLUDES, "adamw": ADAMW_EXCLUDES}.get(name, ())
+    return tuple(own) + tuple(extra)
+
+
 def weight_decay_in_optimizer(name):
     """True if optimizer `name` applies weight decay itself (LARS, AdamW); else it goes in
     the loss."""
@@ -338,7 +354,7 @@ def build_optimizer(
     learning_rate,
     momentum=0.9,
     weight_decay=0.0,
-    exclude_from_weight_decay=DEFAULT_EXCLUDES,
+    exclude_from_weight_decay=None,
     nesterov=False,
     trust_coefficient=0.001,
     learning_rate_multipliers=None,
@@ -347,7 +363,8 @@ def build_optimizer(
     does ("adamw": FastCLIP's).
 
     "lars" and "adamw" apply `weight_decay` themselves, to every variable whose path matches
-    no `exclude_from_weight_decay` regex; only "lars" uses `trust_coefficient`. For the others
+    no `exclude_from_weight_decay` regex (None: `weight_decay_excludes(name)`); only "lars"
+    uses `trust_coefficient`. For the others
     add `weight_decay_loss(...)` to the loss. "adam" and "adamw" ignore `momentum`.
     `learning_rate_multipliers` {regex: factor}: the variables whose path matches take
     `factor` times the learning rate (module docstring).
@@ -356,6 +373,8 @@ def build_optimizer(
     _check_hyperparameters(learning_rate, momentum, weight_decay)
     learning_rate = _as_float_if_number(learning_rate)
     multipliers = check_multipliers(learning_rate_multipliers)
+    if exclude_from_weight_decay is None:
+        exclude_from_weight_decay = weight_decay_excludes(name)
     if name == "lars":
         return LARS(
             learning_rate,
@@ -377,7 +396,7 @@ def build_optimizer(
 
 
 def build_scheduled_optimizer(optimizer_cfg, global_batch_size, steps_per_epoch, total_steps,
-                              exclude_from_weight_decay=DEFAULT_EXCLUDES,
+                              exclude_from_weight_decay=None,
                               peak_learning_rates=None):
     """The optimiser of a run: `optimizer_cfg`'s optimiser on SimCLR's schedule.
 
@@ -423,12 +442,14 @@ def l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,))
 def weight_decay_loss(name, variables, weight_decay):
     """The L2 term to add to the loss for optimizer `name` (SimCLR's `add_weight_decay`).
 
-    "lars", "adamw": only the supervised head's non-bias weights (DEFAULT_EXCLUDES leave
-    them out of the optimiser's decay); "momentum"/"adam": every variable except batch-norm
-    ones.
+    "lars": only the supervised head's non-bias weights (`DEFAULT_EXCLUDES` leave them out
+    of LARS's decay); "adamw": none (AdamW decays the head with the rest); "momentum" /
+    "adam": every variable except batch-norm ones.
     """
     _check_optimizer_name(name)
-    if weight_decay_in_optimizer(name):
+    if name == "lars":
         head = [v for v in variables if re.search(SUPERVISED_HEAD_PATTERN, variable_path(v))]
         return l2_weight_decay_loss(head, weight_decay, exclude=("bias",))
+    if name == "adamw":
+        return l2_weight_decay_loss([], weight_decay)
     return l2_weight_decay_loss(variables, weight_decay, exclude=(BATCH_NORM_PATTERN,))
