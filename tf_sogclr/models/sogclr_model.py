@@ -31,8 +31,8 @@ class SogCLRModel(contrastive_model.ContrastiveModel):
       projection_head: e.g. `ProjectionHead(...)`, features -> projections `[b, d]`.
       loss_layer: `losses.GlobalContrastiveLoss` (SogCLR) or `losses.NTXentLoss` (SimCLR).
       num_classes: classes of the linear head; None for no linear evaluation.
-      weight_decay: L2 weight decay as SimCLR applies it: inside LARS (the linear head
-        decayed through the loss) or AdamW (every kernel, the head's too, decoupled), or
+      weight_decay: weight decay as SimCLR applies it: inside LARS (the linear head's as
+        L2 through the loss) or AdamW (decoupled, every kernel, the head's too), or as L2
         through the loss for other optimisers (every variable but batch norm).
     """
 

@@ -364,8 +364,8 @@ def build_optimizer(
 
     "lars" and "adamw" apply `weight_decay` themselves, to every variable whose path matches
     no `exclude_from_weight_decay` regex (None: `weight_decay_excludes(name)`); only "lars"
-    uses `trust_coefficient`. For the others
-    add `weight_decay_loss(...)` to the loss. "adam" and "adamw" ignore `momentum`.
+    uses `trust_coefficient`. For the others add `weight_decay_loss(...)` to the loss.
+    "adam" and "adamw" ignore `momentum`.
     `learning_rate_multipliers` {regex: factor}: the variables whose path matches take
     `factor` times the learning rate (module docstring).
     """
